@@ -1,0 +1,1 @@
+"""Exact, fast, checkpoint-safe AMSGrad and Adam for PyTorch."""
