@@ -1,1 +1,11 @@
-"""Exact, fast, checkpoint-safe AMSGrad and Adam for PyTorch."""
+"""Exact, fast, checkpoint-safe AMSGrad and Adam for PyTorch.
+
+>>> import amsgrad
+>>> sorted(amsgrad.__all__)
+['AMSGrad', 'Adam', 'GenericAdaptiveOptimizer', 'WeightDecay']
+"""
+
+from .optimizers import AMSGrad, Adam, GenericAdaptiveOptimizer, WeightDecay
+
+__all__ = ["GenericAdaptiveOptimizer", "WeightDecay", "Adam", "AMSGrad"]
+__version__ = "0.1.0"

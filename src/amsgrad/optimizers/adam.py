@@ -1,0 +1,178 @@
+"""Adam (Kingma & Ba, ICLR 2015), written per parameter in the paper's notation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+from ._validation import check_bool
+from .generic import GenericAdaptiveOptimizer, ParamGroup, ParamState
+from .weight_decay import WeightDecay
+
+__all__ = ["Adam"]
+
+
+def _new_step_counter() -> torch.Tensor:
+    # As in torch.optim: a scalar tensor, float64 only when that is the default dtype.
+    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    return torch.tensor(0.0, dtype=dtype)
+
+
+class Adam(GenericAdaptiveOptimizer):
+    r"""Adam, with the bias correction folded into the step size or applied to :math:`v_t`.
+
+    For every element, with gradient :math:`g_t` at step :math:`t = 1, 2, \dots`:
+
+    .. math::
+
+        m_t &= β_1 m_{t-1} + (1 - β_1) g_t \\
+        v_t &= β_2 v_{t-1} + (1 - β_2) g_t^2 \\
+        θ_t &= θ_{t-1} - α \frac{\sqrt{1 - β_2^t}}{1 - β_1^t} \cdot \frac{m_t}{\sqrt{v_t} + \hat{ε}}
+              && \text{optimized_update=True (default)} \\
+        θ_t &= θ_{t-1} - \frac{α}{1 - β_1^t} \cdot \frac{m_t}{\sqrt{v_t / (1 - β_2^t)} + ε}
+              && \text{optimized_update=False (torch.optim.Adam)}
+
+    with :math:`m_0 = v_0 = 0`. The two updates are the same when
+    :math:`\hat{ε} = ε \sqrt{1 - β_2^t}`: the optimized form saves one pass over
+    :math:`v_t`, and its ε̂ shrinks, relative to ε, as :math:`t` grows from 1. ``eps`` is ε̂ or
+    ε, according to ``optimized_update``.
+
+    With ``bias_correction=False`` both corrections are dropped,
+    :math:`θ_t = θ_{t-1} - α_t m_t / (\sqrt{v_t} + ε)`, which is the form the AMSGrad paper
+    analyses (see :class:`~amsgrad.AMSGrad`).
+
+    Symbols and arguments: α = ``lr``, (β1, β2) = ``betas``, ε̂ or ε = ``eps``; weight decay
+    is described by :class:`~amsgrad.WeightDecay` and applied before the update. Every one of
+    these settings (and ``maximize``, ``optimized_update``, ``bias_correction``) is stored in
+    each param group, so it can differ per group and is saved by ``state_dict()``.
+
+    Compared with others:
+
+    * ``torch.optim.Adam``: identical with ``optimized_update=False, eps=1e-8`` (torch's
+      defaults) and ``weight_decay=λ`` (coupled L2); ``torch.optim.AdamW`` is
+      ``weight_decay=WeightDecay(λ)``. The state uses torch's keys (``step``, ``exp_avg``,
+      ``exp_avg_sq``), so state dicts load both ways.
+    * optax ``adam``: the ``optimized_update=False`` form, with ε outside the square root.
+    * the default ``eps=1e-16`` is that of labml_nn's annotated implementation, whose
+      ``optimized_update=True`` form this class keeps as its default.
+
+    Args:
+        params: the parameters to optimize, or param-group dicts.
+        lr: α, a number ``>= 0`` or a one-element tensor.
+        betas: (β1, β2), each in ``[0, 1)``.
+        eps: ε̂ (``optimized_update=True``) or ε (``False``), ``>= 0``.
+        weight_decay: a :class:`~amsgrad.WeightDecay`, or a number λ for coupled L2, or None.
+        optimized_update: fold the bias correction of :math:`v_t` into the step size.
+        defaults: extra param-group settings, for subclasses (never modified).
+        maximize: ascend the objective instead of descending it.
+        bias_correction: apply the :math:`1 - β^t` corrections.
+        foreach: reserved for the multi-tensor implementation (``None`` chooses).
+        fused: reserved for the fused implementation (``None`` chooses).
+
+    Extension points (override any, in a subclass): :meth:`init_state`, :meth:`get_mv`,
+    :meth:`get_lr`, :meth:`bias_corrections`, :meth:`adam_update`, :meth:`step_param`.
+
+    References:
+        Diederik P. Kingma and Jimmy Ba. *Adam: A Method for Stochastic Optimization*.
+        ICLR 2015. arXiv:1412.6980.
+
+    Example:
+        >>> import torch, amsgrad
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        >>> opt = amsgrad.Adam([w], lr=0.1)
+        >>> for _ in range(300):
+        ...     opt.zero_grad()
+        ...     loss = (w ** 2).sum()
+        ...     loss.backward()
+        ...     _ = opt.step()
+        >>> bool(w.abs().max() < 1e-2)
+        True
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[ParamGroup],
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-16,
+        weight_decay: WeightDecay | float | None = None,
+        optimized_update: bool = True,
+        defaults: dict[str, Any] | None = None,
+        *,
+        maximize: bool = False,
+        bias_correction: bool = True,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ):
+        defaults = {} if defaults is None else dict(defaults)
+        defaults.update(
+            weight_decay=weight_decay,
+            optimized_update=optimized_update,
+            bias_correction=bias_correction,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+        )
+        super().__init__(params, defaults, lr, betas, eps)
+
+    def validate_group(self, group: ParamGroup, where: str) -> None:
+        super().validate_group(group, where)
+        try:
+            check_bool("optimized_update", group["optimized_update"])
+            check_bool("bias_correction", group["bias_correction"])
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}{error}") from None
+
+    # ------------------------------------------------------------------ hooks
+    def init_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor) -> None:
+        """``step`` = 0 and :math:`m_0 = v_0 = 0`, shaped like the parameter."""
+        state["step"] = _new_step_counter()
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def get_mv(self, state: ParamState, group: ParamGroup, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update the moving averages in place and return :math:`(m_t, v_t)`."""
+        beta1, beta2 = group["betas"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        return m, v
+
+    def get_lr(self, state: ParamState, group: ParamGroup) -> float:
+        """α_t for this step (a plain number; a tensor ``lr`` is read once here)."""
+        lr = group["lr"]
+        return float(lr) if isinstance(lr, torch.Tensor) else lr
+
+    def bias_corrections(self, state: ParamState, group: ParamGroup) -> tuple[float, float]:
+        """:math:`(1 - β_1^t, 1 - β_2^t)`, or ``(1, 1)`` with ``bias_correction=False``."""
+        if not group["bias_correction"]:
+            return 1.0, 1.0
+        beta1, beta2 = group["betas"]
+        t = float(state["step"])
+        return 1.0 - beta1**t, 1.0 - beta2**t
+
+    def adam_update(self, state: ParamState, group: ParamGroup, param: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> None:
+        """:math:`θ_t = θ_{t-1} - \\text{step size} \\cdot m_t / \\text{denominator}`, in place."""
+        correction1, correction2 = self.bias_corrections(state, group)
+        lr = self.get_lr(state, group)
+        if group["optimized_update"]:
+            # α √(1-β2^t)/(1-β1^t) · m / (√v + ε̂)
+            denominator = v.sqrt().add_(group["eps"])
+            step_size = lr * math.sqrt(correction2) / correction1
+        else:
+            # α/(1-β1^t) · m / (√v / √(1-β2^t) + ε)
+            denominator = v.sqrt()
+            if correction2 != 1.0:
+                denominator.div_(math.sqrt(correction2))
+            denominator.add_(group["eps"])
+            step_size = lr / correction1
+        param.addcdiv_(m, denominator, value=-step_size)
+
+    def step_param(self, state: ParamState, group: ParamGroup, grad: torch.Tensor, param: torch.Tensor) -> None:
+        """Weight decay, then :math:`t \\leftarrow t + 1`, the moments, and the update."""
+        grad = WeightDecay.apply(param, grad, group, self.get_lr(state, group))
+        state["step"] += 1
+        m, v = self.get_mv(state, group, grad)
+        self.adam_update(state, group, param, m, v)

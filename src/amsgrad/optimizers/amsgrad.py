@@ -1,0 +1,158 @@
+"""AMSGrad (Reddi, Kale & Kumar, ICLR 2018): Adam with a non-decreasing second moment."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from ._validation import check_bool, check_choice
+from .adam import Adam
+from .generic import ParamGroup, ParamState
+from .weight_decay import WeightDecay
+
+__all__ = ["AMSGrad", "MAX_OF_CHOICES"]
+
+#: Where the running maximum is taken: over raw v_t, or over bias-corrected v_t / (1 - β2^t).
+MAX_OF_CHOICES = ("raw", "corrected")
+
+
+class AMSGrad(Adam):
+    r"""AMSGrad: Adam whose denominator uses the running maximum of the second moment.
+
+    Adam's step can *grow* when a large, rare gradient leaves :math:`v_t` and its effect
+    decays; on the paper's online problem this drives Adam to the worst point. AMSGrad keeps
+    :math:`\hat{v}_t = \max(\hat{v}_{t-1}, v_t)`, so every element's effective step size
+    :math:`α / \sqrt{\hat{v}_t}` never increases. Per element, at step :math:`t`:
+
+    .. math::
+
+        m_t &= β_1 m_{t-1} + (1 - β_1) g_t \\
+        v_t &= β_2 v_{t-1} + (1 - β_2) g_t^2 \\
+        \hat{v}_t &= \max(\hat{v}_{t-1}, v_t) \\
+        θ_t &= θ_{t-1} - α \frac{\sqrt{1 - β_2^t}}{1 - β_1^t} \cdot \frac{m_t}{\sqrt{\hat{v}_t} + \hat{ε}}
+              && \text{optimized_update=True (default)} \\
+        θ_t &= θ_{t-1} - \frac{α}{1 - β_1^t} \cdot \frac{m_t}{\sqrt{\hat{v}_t / (1 - β_2^t)} + ε}
+              && \text{optimized_update=False}
+
+    with :math:`m_0 = v_0 = \hat{v}_0 = 0` and :math:`\hat{ε} = ε\sqrt{1 - β_2^t}` relating the
+    two forms (see :class:`~amsgrad.Adam`). :math:`\hat{v}_t` is the state ``max_exp_avg_sq``.
+
+    Variants, each a per-group setting:
+
+    * ``max_of="raw"`` (default): the maximum of raw :math:`v_t`, as in ``torch.optim.Adam``
+      (``amsgrad=True``) and labml_nn.
+    * ``max_of="corrected"``: the maximum of :math:`v_t / (1 - β_2^t)`, as optax's
+      ``scale_by_amsgrad``; ``max_exp_avg_sq`` then holds the corrected maximum and the update
+      applies no further correction to it. The variants differ only while :math:`β_2^t` is not
+      negligible, but there the raw maximum can keep an early, under-corrected value.
+    * ``bias_correction=False``: the paper's Algorithm 2 exactly,
+      :math:`θ_t = θ_{t-1} - α_t m_t / (\sqrt{\hat{v}_t} + ε)`, where ``eps=0`` is allowed
+      (the paper has no ε). The paper's step size :math:`α_t = α/\sqrt{t}` is an LR scheduler::
+
+          opt = AMSGrad(params, lr=alpha, eps=0.0, bias_correction=False)
+          sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: (k + 1) ** -0.5)
+          # call sched.step() after every opt.step()
+
+      (The paper's :math:`β_{1t}` schedule is not modelled; a constant β1 is the common case.)
+    * ``amsgrad=False``: plain :class:`~amsgrad.Adam`.
+
+    Compared with others: with ``optimized_update=False, eps=1e-8`` this is exactly
+    ``torch.optim.Adam(..., amsgrad=True)`` (``AdamW`` with ``weight_decay=WeightDecay(λ)``), and
+    the state dicts load both ways. optax's ``amsgrad`` is ``max_of="corrected",
+    optimized_update=False``. The paper's Algorithm 2 has no bias correction (above).
+
+    Args:
+        params, lr, betas, eps, weight_decay, optimized_update, maximize, bias_correction,
+        foreach, fused: as for :class:`~amsgrad.Adam`.
+        amsgrad: keep the running maximum (``False`` falls back to Adam).
+        defaults: extra param-group settings, for subclasses (never modified).
+        max_of: ``"raw"`` or ``"corrected"``, as above.
+
+    References:
+        Sashank J. Reddi, Satyen Kale and Sanjiv Kumar. *On the Convergence of Adam and
+        Beyond*. ICLR 2018. arXiv:1904.09237.
+
+    Example — the same numbers as ``torch.optim.Adam(amsgrad=True)``:
+        >>> import torch, amsgrad
+        >>> w1 = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+        >>> w2 = torch.nn.Parameter(w1.detach().clone())
+        >>> ours = amsgrad.AMSGrad([w1], lr=0.1, eps=1e-8, optimized_update=False)
+        >>> theirs = torch.optim.Adam([w2], lr=0.1, amsgrad=True)
+        >>> for _ in range(100):
+        ...     for w, opt in ((w1, ours), (w2, theirs)):
+        ...         opt.zero_grad()
+        ...         (w ** 4).sum().backward()
+        ...         _ = opt.step()
+        >>> bool((w1 - w2).abs().max() < 1e-12)
+        True
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[ParamGroup],
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-16,
+        weight_decay: WeightDecay | float | None = None,
+        optimized_update: bool = True,
+        amsgrad: bool = True,
+        defaults: dict[str, Any] | None = None,
+        *,
+        maximize: bool = False,
+        max_of: str = "raw",
+        bias_correction: bool = True,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ):
+        defaults = {} if defaults is None else dict(defaults)
+        defaults.update(amsgrad=amsgrad, max_of=max_of)
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            optimized_update,
+            defaults,
+            maximize=maximize,
+            bias_correction=bias_correction,
+            foreach=foreach,
+            fused=fused,
+        )
+
+    def validate_group(self, group: ParamGroup, where: str) -> None:
+        super().validate_group(group, where)
+        try:
+            check_bool("amsgrad", group["amsgrad"])
+            check_choice("max_of", group["max_of"], MAX_OF_CHOICES)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}{error}") from None
+
+    def init_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor) -> None:
+        """Adam's state, plus :math:`\\hat{v}_0 = 0` (``max_exp_avg_sq``) when ``amsgrad``."""
+        super().init_state(state, group, param)
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def get_mv(self, state: ParamState, group: ParamGroup, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:math:`(m_t, \\hat{v}_t)`; Adam's :math:`(m_t, v_t)` when ``amsgrad`` is off."""
+        m, v = super().get_mv(state, group, grad)
+        if not group["amsgrad"]:
+            return m, v
+        v_max = state.get("max_exp_avg_sq")
+        if v_max is None:  # a group switched to amsgrad, or a plain Adam state dict loaded
+            v_max = state["max_exp_avg_sq"] = torch.zeros_like(v, memory_format=torch.preserve_format)
+        if group["max_of"] == "corrected":
+            _, correction2 = super().bias_corrections(state, group)
+            torch.maximum(v_max, v / correction2, out=v_max)
+        else:
+            torch.maximum(v_max, v, out=v_max)
+        return m, v_max
+
+    def bias_corrections(self, state: ParamState, group: ParamGroup) -> tuple[float, float]:
+        """As Adam's, except that a maximum of corrected :math:`v_t` needs no second correction."""
+        correction1, correction2 = super().bias_corrections(state, group)
+        if group["amsgrad"] and group["max_of"] == "corrected":
+            correction2 = 1.0
+        return correction1, correction2

@@ -1,0 +1,175 @@
+"""The template every optimizer in the package is built on."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+from ._validation import check_betas, check_bool, check_lr, check_non_negative, check_optional_bool
+from .weight_decay import WeightDecay
+
+__all__ = ["GenericAdaptiveOptimizer"]
+
+ParamState = dict[str, Any]
+ParamGroup = dict[str, Any]
+
+
+class GenericAdaptiveOptimizer(torch.optim.Optimizer):
+    r"""A ``torch.optim.Optimizer`` whose update is written per parameter, in two hooks.
+
+    A subclass says how to create a parameter's state (:meth:`init_state`) and how to update
+    one parameter from its gradient (:meth:`step_param`). This class does the rest, once for
+    every optimizer built on it:
+
+    * ``step(closure)`` evaluates the closure with gradients enabled and returns its loss;
+    * parameters whose ``.grad`` is ``None`` are skipped; sparse gradients are refused before
+      anything is modified;
+    * ``maximize=True`` hands ``-g`` to the hooks (``.grad`` is never modified in place);
+    * complex parameters are updated as their real view (``torch.view_as_real``), so a complex
+      number is two independent real coordinates, as in ``torch.optim``;
+    * every setting is validated, in the constructor and in :meth:`add_param_group`, with an
+      error that names the argument, the value and the accepted range;
+    * param groups loaded from an older or foreign ``state_dict`` (``torch.optim.Adam``'s, say)
+      get any missing setting from the constructor's defaults.
+
+    Args:
+        params: an iterable of tensors or of param-group dicts.
+        defaults: the settings of every param group (copied, never modified).
+        lr: the learning rate α, a number ``>= 0`` or a one-element tensor.
+        betas: (β1, β2), each in ``[0, 1)``.
+        eps: ε, a number ``>= 0``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[ParamGroup],
+        defaults: dict[str, Any],
+        lr: float | torch.Tensor,
+        betas: tuple[float, float],
+        eps: float,
+    ):
+        defaults = dict(defaults)
+        defaults.update(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps)
+        defaults.setdefault("maximize", False)
+        defaults.update(WeightDecay.coerce(defaults.pop("weight_decay", None)).defaults())
+        self.validate_group(defaults, where="")
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ hooks
+    def init_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor) -> None:
+        """Fill the empty ``state`` of ``param`` (called before its first update)."""
+        raise NotImplementedError
+
+    def step_param(self, state: ParamState, group: ParamGroup, grad: torch.Tensor, param: torch.Tensor) -> None:
+        """Update ``param`` in place from ``grad`` (never modify ``grad``: it may be ``.grad``)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- validation
+    def validate_group(self, group: ParamGroup, where: str) -> None:
+        """Check every setting of ``group``; ``where`` prefixes messages (e.g. ``"param group 1: "``).
+
+        Subclasses that add settings extend this and call ``super()``.
+        """
+        try:
+            check_lr("lr", group["lr"])
+            check_betas("betas", group["betas"])
+            check_non_negative("eps", group["eps"])
+            check_non_negative("weight_decay", group["weight_decay"])
+            check_bool("decoupled_weight_decay", group["decoupled_weight_decay"])
+            check_bool("absolute_weight_decay", group["absolute_weight_decay"])
+            check_bool("maximize", group["maximize"])
+            for key in ("foreach", "fused"):
+                if key in group:
+                    check_optional_bool(key, group[key])
+        except (TypeError, ValueError) as error:
+            if not where:
+                raise
+            raise type(error)(f"{where}{error}") from None
+
+    def add_param_group(self, param_group: ParamGroup) -> None:
+        """Add a group; its settings are checked before the optimizer changes at all."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        group = dict(param_group)
+        decay = group.get("weight_decay")
+        if isinstance(decay, WeightDecay):
+            group.update(decay.defaults())
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        candidate = {**self.defaults, **group}
+        self.validate_group(candidate, where=f"param group {len(self.param_groups)}: ")
+        super().add_param_group(group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    # ------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one update of every parameter that has a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss; called with grad enabled.
+
+        Returns:
+            The closure's loss, or ``None`` without a closure.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        batches = [(group, self._gather(group)) for group in self.param_groups]
+        for group, (params, grads) in batches:
+            if params:
+                self._step_group(group, params, grads)
+        return loss
+
+    def _gather(self, group: ParamGroup) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The group's parameters that have gradients, with the gradients; refuse sparse ones."""
+        params, grads = [], []
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients (got one for a parameter "
+                    f"of shape {tuple(param.shape)}); use torch.optim.SparseAdam, or a dense gradient"
+                )
+            params.append(param)
+            grads.append(param.grad)
+        return params, grads
+
+    def _step_group(self, group: ParamGroup, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """The readable path: one :meth:`step_param` call per parameter."""
+        for param, grad in zip(params, grads):
+            state = self.state[param]
+            if not state:
+                self.init_state(state, group, param)
+            if group["maximize"]:
+                grad = -grad
+            if torch.is_complex(param):
+                self._step_complex(state, group, grad, param)
+            else:
+                self.step_param(state, group, grad, param)
+
+    def _step_complex(self, state: ParamState, group: ParamGroup, grad: torch.Tensor, param: torch.Tensor) -> None:
+        """Run :meth:`step_param` on real views, so that the complex state is updated in place."""
+        real_param = torch.view_as_real(param)
+        views = {key: torch.view_as_real(value) for key, value in state.items() if _is_complex_tensor(value)}
+        local = {**state, **views}
+        self.step_param(local, group, torch.view_as_real(grad), real_param)
+        # Entries the hook added or replaced (rather than updated in place) go back as complex.
+        for key, value in local.items():
+            if key in views and value is views[key]:
+                continue
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == real_param.shape:
+                value = torch.view_as_complex(value)
+            state[key] = value
+
+
+def _is_complex_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_complex()

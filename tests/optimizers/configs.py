@@ -1,0 +1,76 @@
+"""The table of optimizer configurations that drives the generic tests.
+
+A new variant gets the whole suite by adding a row: a name, the class, and its keyword
+arguments. Each row also says how to compute the same update from the formulas
+(:mod:`tests.optimizers.reference`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import amsgrad
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: str
+    cls: type
+    kwargs: dict[str, Any]
+
+    def make(self, params, **overrides):
+        return self.cls(params, **{**self.kwargs, **overrides})
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every setting that changes the math, with the class defaults filled in."""
+        probe = self.make([amsgrad_probe_param()])
+        group = probe.param_groups[0]
+        return {key: value for key, value in group.items() if key != "params"}
+
+    @property
+    def decoupled_decay(self) -> bool:
+        settings = self.settings
+        return settings["weight_decay"] > 0 and settings["decoupled_weight_decay"]
+
+    def __repr__(self) -> str:  # shown in test ids
+        return self.name
+
+
+def amsgrad_probe_param():
+    import torch
+
+    return torch.nn.Parameter(torch.zeros(1))
+
+
+L2 = 0.05
+DECOUPLED = amsgrad.WeightDecay(0.05)
+ABSOLUTE = amsgrad.WeightDecay(0.01, absolute=True)
+
+CONFIGS = [
+    OptimizerConfig("adam", amsgrad.Adam, dict(lr=0.05)),
+    OptimizerConfig("adam-torch-form", amsgrad.Adam, dict(lr=0.05, eps=1e-8, optimized_update=False)),
+    OptimizerConfig("adam-l2", amsgrad.Adam, dict(lr=0.05, weight_decay=L2)),
+    OptimizerConfig("adam-decoupled", amsgrad.Adam, dict(lr=0.05, weight_decay=DECOUPLED)),
+    OptimizerConfig("adam-absolute", amsgrad.Adam, dict(lr=0.05, weight_decay=ABSOLUTE)),
+    OptimizerConfig("adam-maximize", amsgrad.Adam, dict(lr=0.05, maximize=True)),
+    OptimizerConfig("adam-no-bias-correction", amsgrad.Adam, dict(lr=0.05, eps=1e-8, bias_correction=False)),
+    OptimizerConfig("amsgrad", amsgrad.AMSGrad, dict(lr=0.05)),
+    OptimizerConfig("amsgrad-torch-form", amsgrad.AMSGrad, dict(lr=0.05, eps=1e-8, optimized_update=False)),
+    OptimizerConfig("amsgrad-l2", amsgrad.AMSGrad, dict(lr=0.05, weight_decay=L2, betas=(0.8, 0.99))),
+    OptimizerConfig("amsgrad-decoupled", amsgrad.AMSGrad, dict(lr=0.05, weight_decay=DECOUPLED)),
+    OptimizerConfig("amsgrad-absolute", amsgrad.AMSGrad, dict(lr=0.05, weight_decay=ABSOLUTE)),
+    OptimizerConfig("amsgrad-maximize", amsgrad.AMSGrad, dict(lr=0.05, maximize=True)),
+    OptimizerConfig("amsgrad-max-corrected", amsgrad.AMSGrad, dict(lr=0.05, max_of="corrected")),
+    OptimizerConfig(
+        "amsgrad-max-corrected-torch-form",
+        amsgrad.AMSGrad,
+        dict(lr=0.05, max_of="corrected", eps=1e-8, optimized_update=False),
+    ),
+    OptimizerConfig("amsgrad-algorithm-2", amsgrad.AMSGrad, dict(lr=0.05, eps=0.0, bias_correction=False)),
+    OptimizerConfig("amsgrad-off", amsgrad.AMSGrad, dict(lr=0.05, amsgrad=False)),
+    OptimizerConfig("amsgrad-beta1-zero", amsgrad.AMSGrad, dict(lr=0.05, betas=(0.0, 0.9))),
+]
+
+AMSGRAD_CONFIGS = [config for config in CONFIGS if config.settings.get("amsgrad")]
