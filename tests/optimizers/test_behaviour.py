@@ -256,3 +256,23 @@ def test_zero_grad_clears_gradients():
     run_steps(optimizer, params, range(1))
     optimizer.zero_grad()
     assert all(p.grad is None for p in params)
+
+
+def test_a_subclass_that_overrides_a_hook_keeps_working():
+    class WarmupAMSGrad(amsgrad.AMSGrad):
+        """α_t = α·min(1, t/10): a linear warm-up written as a get_lr hook."""
+
+        def get_lr(self, state, group):
+            return super().get_lr(state, group) * min(1.0, float(state["step"]) / 10)
+
+    params_sub, params_sched = make_params(), make_params()
+    subclass = WarmupAMSGrad(params_sub, lr=0.05)
+    plain = amsgrad.AMSGrad(params_sched, lr=0.05)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(plain, lambda k: min(1.0, (k + 1) / 10))
+    for step in range(15):
+        for params, optimizer in ((params_sub, subclass), (params_sched, plain)):
+            for param, grad in zip(params, gradients(params, step)):
+                param.grad = grad
+            optimizer.step()
+        scheduler.step()
+    assert_same_run(subclass, params_sub, plain, params_sched, exact=False, atol=1e-15)

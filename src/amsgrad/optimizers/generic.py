@@ -33,12 +33,42 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
     * param groups loaded from an older or foreign ``state_dict`` (``torch.optim.Adam``'s, say)
       get any missing setting from the constructor's defaults.
 
+    The hooks are the readable reference of each optimizer's math; a subclass is a few lines.
+    This is the design of labml_nn's annotated optimizers, with the settings kept in the param
+    groups (not on the instance) so that they survive ``state_dict()``/``load_state_dict()``.
+
     Args:
         params: an iterable of tensors or of param-group dicts.
         defaults: the settings of every param group (copied, never modified).
         lr: the learning rate α, a number ``>= 0`` or a one-element tensor.
         betas: (β1, β2), each in ``[0, 1)``.
         eps: ε, a number ``>= 0``.
+
+    Example — RMSProp (Tieleman & Hinton, 2012) in two hooks,
+    :math:`v_t = β_2 v_{t-1} + (1-β_2) g_t^2,\; θ_t = θ_{t-1} - α g_t / (\sqrt{v_t} + ε)`,
+    which is ``torch.optim.RMSprop`` exactly:
+
+        >>> import torch
+        >>> from amsgrad import GenericAdaptiveOptimizer
+        >>> class RMSProp(GenericAdaptiveOptimizer):
+        ...     def __init__(self, params, lr=1e-2, beta=0.99, eps=1e-8):
+        ...         super().__init__(params, {}, lr=lr, betas=(0.0, beta), eps=eps)
+        ...     def init_state(self, state, group, param):
+        ...         state["square_avg"] = torch.zeros_like(param)
+        ...     def step_param(self, state, group, grad, param):
+        ...         _, beta = group["betas"]
+        ...         v = state["square_avg"].mul_(beta).addcmul_(grad, grad, value=1 - beta)
+        ...         param.addcdiv_(grad, v.sqrt().add_(group["eps"]), value=-group["lr"])
+        >>> w1 = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        >>> w2 = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        >>> ours, theirs = RMSProp([w1]), torch.optim.RMSprop([w2], lr=1e-2, alpha=0.99, eps=1e-8)
+        >>> for _ in range(50):
+        ...     for w, opt in ((w1, ours), (w2, theirs)):
+        ...         opt.zero_grad()
+        ...         (w ** 2).sum().backward()
+        ...         _ = opt.step()
+        >>> torch.equal(w1, w2)
+        True
     """
 
     def __init__(

@@ -31,6 +31,17 @@ class WeightDecay:
 
     With λ = 0 every mode is a no-op and costs nothing.
 
+    Compared with others: ``torch.optim.Adam(weight_decay=λ)`` is coupled L2 and
+    ``torch.optim.AdamW(weight_decay=λ)`` is the decoupled mode (torch has no absolute mode);
+    optax's ``adamw`` adds λθ to the *update* before it is scaled by α, which is the decoupled
+    mode too. A plain number passed as ``weight_decay`` to the constructors here means coupled
+    L2, as in ``torch.optim.Adam``; in a param-group dict it changes λ alone and keeps the
+    mode of the constructor (the AdamW habit of ``{"params": biases, "weight_decay": 0.0}``).
+
+    References:
+        Ilya Loshchilov and Frank Hutter. *Decoupled Weight Decay Regularization*. ICLR 2019.
+        arXiv:1711.05101.
+
     Args:
         weight_decay: λ, a finite number ``>= 0``.
         weight_decouple: decay the parameters directly (True) or add λθ to the gradient (False).
