@@ -1,0 +1,50 @@
+"""The paper's synthetic experiments (Reddi, Kale & Kumar, ICLR 2018), as pure functions.
+
+A map of the package:
+
+* :mod:`~amsgrad.experiments.problems` — the linear problems on [-1, 1] (online, stochastic,
+  the Theorem 1 and Theorem 2 families) and their gradient sequence.
+* :mod:`~amsgrad.experiments.variants` — which optimizer (``adam``, ``amsgrad``, variants)
+  with which hyperparameters.
+* :mod:`~amsgrad.experiments.simulate` — :func:`simulate`, one optimizer on one problem,
+  with either engine:
+
+  - :mod:`~amsgrad.experiments.fast_engine`, the update rules compiled with numba;
+  - :mod:`~amsgrad.experiments.torch_engine`, the library's optimizer classes themselves.
+
+* :mod:`~amsgrad.experiments.sweep` — a grid of (β1, β2), run in parallel.
+* :mod:`~amsgrad.experiments.plotting` — the figures (matplotlib, PNG).
+* :mod:`~amsgrad.experiments.tracking` — recording runs with MLflow.
+* :mod:`~amsgrad.experiments.report` — tables, JSON and the files written to ``--out``.
+
+The command line (``amsgrad synthetic``, ``amsgrad sweep``) is a thin layer over these, in
+:mod:`amsgrad.cli`.
+
+>>> from amsgrad.experiments import make_problem, simulate, variant, Settings
+>>> online = make_problem("online")
+>>> adam = simulate(online, variant("adam"), Settings(), 1_000_000)
+>>> amsgrad = simulate(online, variant("amsgrad"), Settings(), 1_000_000)
+>>> adam.final_x, amsgrad.final_x < -0.9
+(1.0, True)
+"""
+
+from .problems import SETTINGS, Problem, make_problem, theorem1_betas
+from .simulate import ENGINES, Interrupted, RunResult, Trace, simulate
+from .variants import SCHEDULES, VARIANTS, Settings, Variant, variant
+
+__all__ = [
+    "ENGINES",
+    "SCHEDULES",
+    "SETTINGS",
+    "VARIANTS",
+    "Interrupted",
+    "Problem",
+    "RunResult",
+    "Settings",
+    "Trace",
+    "Variant",
+    "make_problem",
+    "simulate",
+    "theorem1_betas",
+    "variant",
+]

@@ -1,0 +1,149 @@
+"""Which optimizer, with which settings: the variants the experiments compare.
+
+A :class:`Variant` names one of the library's optimizers in one configuration (``adam``,
+``amsgrad``, the AMSGrad variants); :class:`Settings` holds the hyperparameters they share
+(α, β1, β2, ε, the form of the update and the step-size schedule). Both engines read the
+same two objects, so an experiment means the same thing whichever engine runs it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the fast engine never needs torch
+    import torch
+
+__all__ = ["Variant", "VARIANTS", "Settings", "SCHEDULES", "variant"]
+
+#: Step-size schedules: α_t = α (constant) or α/√t (the paper's theory).
+SCHEDULES = ("constant", "inv-sqrt")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An optimizer of the library in one configuration.
+
+    Attributes:
+        name: the command-line name, e.g. ``"amsgrad-corrected"``.
+        label: the display name, e.g. ``"AMSGrad (corrected max)"``.
+        amsgrad: keep the running maximum of the second moment.
+        max_of: ``"raw"`` or ``"corrected"`` (see :class:`amsgrad.AMSGrad`).
+        bias_correction: apply the :math:`1 - β^t` corrections (False: the paper's form).
+        summary: one line for ``--help``.
+    """
+
+    name: str
+    label: str
+    amsgrad: bool
+    max_of: str = "raw"
+    bias_correction: bool = True
+    summary: str = ""
+
+    def make_optimizer(self, params: Any, settings: Settings) -> torch.optim.Optimizer:
+        """The library's optimizer for ``params``, configured as this variant with ``settings``."""
+        import amsgrad
+
+        common = dict(
+            lr=settings.lr,
+            betas=settings.betas,
+            eps=settings.eps,
+            optimized_update=settings.optimized_update,
+            bias_correction=self.bias_correction,
+        )
+        if self.amsgrad:
+            return amsgrad.AMSGrad(params, max_of=self.max_of, **common)
+        return amsgrad.Adam(params, **common)
+
+    @property
+    def max_code(self) -> int:
+        """How the compiled engine takes the maximum: 0 none (Adam), 1 of raw v, 2 of corrected v."""
+        if not self.amsgrad:
+            return 0
+        return 1 if self.max_of == "raw" else 2
+
+
+#: Every variant the experiments offer, by command-line name.
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("adam", "Adam", amsgrad=False, summary="amsgrad.Adam"),
+        Variant("amsgrad", "AMSGrad", amsgrad=True, summary="amsgrad.AMSGrad, maximum of raw v_t (torch, labml)"),
+        Variant(
+            "amsgrad-corrected",
+            "AMSGrad (corrected max)",
+            amsgrad=True,
+            max_of="corrected",
+            summary="maximum of bias-corrected v_t (optax)",
+        ),
+        Variant(
+            "amsgrad-paper",
+            "AMSGrad (paper)",
+            amsgrad=True,
+            bias_correction=False,
+            summary="the paper's Algorithm 2: no bias correction",
+        ),
+        Variant(
+            "adam-paper",
+            "Adam (paper)",
+            amsgrad=False,
+            bias_correction=False,
+            summary="Adam without bias correction, as the paper analyses it",
+        ),
+    )
+}
+
+
+def variant(name: str) -> Variant:
+    """The variant called ``name``; a ValueError lists the valid names."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(VARIANTS)}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The hyperparameters shared by the variants of one experiment.
+
+    Attributes:
+        lr: α; the step size of step t is α (``constant``) or α/√t (``inv-sqrt``).
+        betas: (β1, β2), each in [0, 1).
+        eps: ε̂ or ε, as for :class:`amsgrad.Adam` (the library's default 1e-16).
+        optimized_update: the library's default update form (see :class:`amsgrad.Adam`).
+        schedule: one of :data:`SCHEDULES`.
+
+    >>> Settings().describe()
+    'lr 0.01 (constant), betas (0.9, 0.99), eps 1e-16'
+    """
+
+    lr: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-16
+    optimized_update: bool = True
+    schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
+        object.__setattr__(self, "lr", float(self.lr))
+        object.__setattr__(self, "eps", float(self.eps))
+
+    def describe(self) -> str:
+        b1, b2 = self.betas
+        text = f"lr {self.lr:g} ({self.schedule}), betas ({b1:g}, {b2:g}), eps {self.eps:g}"
+        return text if self.optimized_update else text + ", standard update"
+
+    def params(self) -> dict[str, Any]:
+        """The settings as flat parameters, for tracking and JSON."""
+        out = asdict(self)
+        out["beta1"], out["beta2"] = out.pop("betas")
+        return out
