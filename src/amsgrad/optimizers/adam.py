@@ -70,6 +70,8 @@ class Adam(GenericAdaptiveOptimizer):
         bias_correction: apply the :math:`1 - β^t` corrections.
         foreach: reserved for the multi-tensor implementation (``None`` chooses).
         fused: reserved for the fused implementation (``None`` chooses).
+        nonfinite: ``"propagate"``, ``"skip"`` or ``"raise"``: what a step does when a gradient
+            holds ``inf``/``NaN`` (see :mod:`amsgrad.optimizers.nonfinite`).
 
     Extension points (override any, in a subclass): :meth:`init_state`, :meth:`get_mv`,
     :meth:`get_lr`, :meth:`bias_corrections`, :meth:`adam_update`, :meth:`step_param`.
@@ -105,6 +107,7 @@ class Adam(GenericAdaptiveOptimizer):
         bias_correction: bool = True,
         foreach: bool | None = None,
         fused: bool | None = None,
+        nonfinite: str = "propagate",
     ):
         defaults = {} if defaults is None else dict(defaults)
         defaults.update(
@@ -112,6 +115,7 @@ class Adam(GenericAdaptiveOptimizer):
             optimized_update=optimized_update,
             bias_correction=bias_correction,
             maximize=maximize,
+            nonfinite=nonfinite,
             foreach=foreach,
             fused=fused,
         )

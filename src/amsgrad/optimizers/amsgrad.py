@@ -57,6 +57,13 @@ class AMSGrad(Adam):
       (The paper's :math:`β_{1t}` schedule is not modelled; a constant β1 is the common case.)
     * ``amsgrad=False``: plain :class:`~amsgrad.Adam`.
 
+    Non-finite gradients: the maximum is sticky. One ``inf`` in a gradient makes that element's
+    :math:`\hat{v}_t` infinite forever, so its step is 0 and the parameter silently freezes;
+    one ``NaN`` poisons :math:`\hat{v}_t` (and the parameter) for good. ``nonfinite="skip"``
+    skips such steps (counted in ``skipped_steps``) and ``nonfinite="raise"`` names the
+    parameter; the default ``"propagate"`` does what ``torch.optim`` does. See
+    :mod:`amsgrad.optimizers.nonfinite`.
+
     Compared with others: with ``optimized_update=False, eps=1e-8`` this is exactly
     ``torch.optim.Adam(..., amsgrad=True)`` (``AdamW`` with ``weight_decay=WeightDecay(λ)``), and
     the state dicts load both ways. optax's ``amsgrad`` is ``max_of="corrected",
@@ -64,7 +71,7 @@ class AMSGrad(Adam):
 
     Args:
         params, lr, betas, eps, weight_decay, optimized_update, maximize, bias_correction,
-        foreach, fused: as for :class:`~amsgrad.Adam`.
+        foreach, fused, nonfinite: as for :class:`~amsgrad.Adam`.
         amsgrad: keep the running maximum (``False`` falls back to Adam).
         defaults: extra param-group settings, for subclasses (never modified).
         max_of: ``"raw"`` or ``"corrected"``, as above.
@@ -104,6 +111,7 @@ class AMSGrad(Adam):
         bias_correction: bool = True,
         foreach: bool | None = None,
         fused: bool | None = None,
+        nonfinite: str = "propagate",
     ):
         defaults = {} if defaults is None else dict(defaults)
         defaults.update(amsgrad=amsgrad, max_of=max_of)
@@ -117,6 +125,7 @@ class AMSGrad(Adam):
             defaults,
             maximize=maximize,
             bias_correction=bias_correction,
+            nonfinite=nonfinite,
             foreach=foreach,
             fused=fused,
         )

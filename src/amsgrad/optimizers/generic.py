@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from . import nonfinite
 from ._validation import check_betas, check_bool, check_lr, check_non_negative, check_optional_bool
 from .weight_decay import WeightDecay
 
@@ -82,6 +83,8 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
         defaults = dict(defaults)
         defaults.update(lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps)
         defaults.setdefault("maximize", False)
+        defaults.setdefault("nonfinite", "propagate")
+        defaults.setdefault("skipped_steps", 0)
         defaults.update(WeightDecay.coerce(defaults.pop("weight_decay", None)).defaults())
         self.validate_group(defaults, where="")
         super().__init__(params, defaults)
@@ -109,6 +112,7 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
             check_bool("decoupled_weight_decay", group["decoupled_weight_decay"])
             check_bool("absolute_weight_decay", group["absolute_weight_decay"])
             check_bool("maximize", group["maximize"])
+            nonfinite.check_group(group)
             for key in ("foreach", "fused"):
                 if key in group:
                     check_optional_bool(key, group[key])
@@ -137,6 +141,11 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for non-finite gradients (``nonfinite="skip"``), saved in the param groups."""
+        return max((group.get("skipped_steps", 0) for group in self.param_groups), default=0)
+
     # ------------------------------------------------------------------- step
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -153,6 +162,8 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         batches = [(group, self._gather(group)) for group in self.param_groups]
+        if nonfinite.screen_gradients(self.param_groups, batches, type(self).__name__):
+            return loss  # a non-finite gradient in a group with nonfinite="skip"
         for group, (params, grads) in batches:
             if params:
                 self._step_group(group, params, grads)
