@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 import torch
 
+from .. import kernels
 from ._validation import check_bool
 from .generic import GenericAdaptiveOptimizer, ParamGroup, ParamState
 from .weight_decay import WeightDecay
@@ -68,13 +69,21 @@ class Adam(GenericAdaptiveOptimizer):
         defaults: extra param-group settings, for subclasses (never modified).
         maximize: ascend the objective instead of descending it.
         bias_correction: apply the :math:`1 - β^t` corrections.
-        foreach: reserved for the multi-tensor implementation (``None`` chooses).
-        fused: reserved for the fused implementation (``None`` chooses).
+        foreach: ``True`` runs the multi-tensor (``torch._foreach_*``) step; ``False`` with
+            ``fused`` not ``True``, the readable per-tensor loop.
+        fused: ``True`` runs a fused single-pass kernel and is an error where none exists;
+            ``False``, the multi-tensor step. Both ``None`` (default): the fastest correct path.
         nonfinite: ``"propagate"``, ``"skip"`` or ``"raise"``: what a step does when a gradient
             holds ``inf``/``NaN`` (see :mod:`amsgrad.optimizers.nonfinite`).
 
     Extension points (override any, in a subclass): :meth:`init_state`, :meth:`get_mv`,
     :meth:`get_lr`, :meth:`bias_corrections`, :meth:`adam_update`, :meth:`step_param`.
+
+    Implementations: these hooks, one tensor at a time, are the readable reference. By default
+    the built-in classes run a fast path that computes the same numbers (tested in float64):
+    a fused single-pass kernel (ours in C on CPU, torch's fused Adam kernel elsewhere) or a
+    multi-tensor step; :mod:`amsgrad.kernels` has the map. A subclass that overrides any hook
+    runs on the readable path automatically (``foreach=True``/``fused=True`` are refused for it).
 
     References:
         Diederik P. Kingma and Jimmy Ba. *Adam: A Method for Stochastic Optimization*.
@@ -126,8 +135,17 @@ class Adam(GenericAdaptiveOptimizer):
         try:
             check_bool("optimized_update", group["optimized_update"])
             check_bool("bias_correction", group["bias_correction"])
+            _check_implementation(group, _overridden_hooks(type(self)))
         except (TypeError, ValueError) as error:
             raise type(error)(f"{where}{error}") from None
+
+    def _step_group(self, group: ParamGroup, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """The readable loop, or the fast path that ``foreach``/``fused`` pick (:mod:`amsgrad.kernels`)."""
+        choice = kernels.implementation(group, _overridden_hooks(type(self)))
+        if choice == "readable":
+            super()._step_group(group, params, grads)
+        else:
+            kernels.step_group(self, group, params, grads, choice)
 
     # ------------------------------------------------------------------ hooks
     def init_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor) -> None:
@@ -180,3 +198,28 @@ class Adam(GenericAdaptiveOptimizer):
         state["step"] += 1
         m, v = self.get_mv(state, group, grad)
         self.adam_update(state, group, param, m, v)
+
+
+_OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {}
+
+
+def _overridden_hooks(cls: type) -> tuple[str, ...]:
+    """The hooks ``cls`` overrides, relative to the built-in optimizer it derives from."""
+    hooks = _OVERRIDDEN_HOOKS.get(cls)
+    if hooks is None:
+        builtin = next(base for base in cls.__mro__ if base.__module__.startswith(__package__))
+        hooks = tuple(hook for hook in kernels.HOOKS if getattr(cls, hook) is not getattr(builtin, hook))
+        _OVERRIDDEN_HOOKS[cls] = hooks
+    return hooks
+
+
+def _check_implementation(group: ParamGroup, overridden_hooks: tuple[str, ...]) -> None:
+    fused, foreach = group.get("fused"), group.get("foreach")
+    if fused and foreach:
+        raise ValueError("Invalid fused: True with foreach=True (choose one; None lets the optimizer choose)")
+    for key, value in (("fused", fused), ("foreach", foreach)):
+        if value and overridden_hooks:
+            raise ValueError(
+                f"Invalid {key}: True for a subclass that overrides {', '.join(overridden_hooks)}: only the "
+                f"readable per-tensor path calls these hooks (use {key}=None or False)"
+            )

@@ -71,7 +71,8 @@ class AMSGrad(Adam):
 
     Args:
         params, lr, betas, eps, weight_decay, optimized_update, maximize, bias_correction,
-        foreach, fused, nonfinite: as for :class:`~amsgrad.Adam`.
+        foreach, fused, nonfinite: as for :class:`~amsgrad.Adam` (implementations too: a
+        subclass that overrides a hook runs on the readable path).
         amsgrad: keep the running maximum (``False`` falls back to Adam).
         defaults: extra param-group settings, for subclasses (never modified).
         max_of: ``"raw"`` or ``"corrected"``, as above.

@@ -1,0 +1,72 @@
+"""A param group's settings, read once per step, and the per-step numbers shared by the kernels."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+__all__ = ["StepSettings"]
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, torch.Tensor) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """Everything in a param group that changes the math, as plain Python numbers."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    decoupled: bool
+    absolute: bool
+    maximize: bool
+    optimized_update: bool
+    bias_correction: bool
+    max_of: str | None  # None for Adam, else "raw" or "corrected"
+
+    @classmethod
+    def from_group(cls, group: dict[str, Any]) -> "StepSettings":
+        beta1, beta2 = group["betas"]
+        return cls(
+            lr=_number(group["lr"]),
+            beta1=_number(beta1),
+            beta2=_number(beta2),
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled=group["decoupled_weight_decay"],
+            absolute=group.get("absolute_weight_decay", False),
+            maximize=group["maximize"],
+            optimized_update=group["optimized_update"],
+            bias_correction=group["bias_correction"],
+            max_of=group.get("max_of", "raw") if group.get("amsgrad", False) else None,
+        )
+
+    @property
+    def decay_factor(self) -> float:
+        """The decoupled decay θ ← θ·factor, as :meth:`amsgrad.WeightDecay.apply` computes it."""
+        return 1.0 - self.weight_decay if self.absolute else 1.0 - self.lr * self.weight_decay
+
+    def corrections(self, t: float) -> tuple[float, float]:
+        """:math:`(1 - β_1^t, 1 - β_2^t)`, or ``(1, 1)`` without bias correction (as ``Adam``)."""
+        if not self.bias_correction:
+            return 1.0, 1.0
+        return 1.0 - self.beta1**t, 1.0 - self.beta2**t
+
+    def update_scalars(self, t: float) -> tuple[float, float, float]:
+        """``(c2, √c2 divisor of the denominator, step size)`` of :meth:`amsgrad.Adam.adam_update` at step t.
+
+        ``c2`` is :math:`1 - β_2^t`, which the maximum of corrected :math:`v_t` divides by; the
+        update itself then uses 1 in its place. The divisor is 1 where the update does not divide.
+        """
+        c1, c2 = self.corrections(t)
+        c2_update = 1.0 if self.max_of == "corrected" else c2
+        if self.optimized_update:
+            return c2, 1.0, self.lr * math.sqrt(c2_update) / c1
+        return c2, math.sqrt(c2_update), self.lr / c1

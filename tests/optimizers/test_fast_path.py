@@ -1,0 +1,252 @@
+"""Every fast path equals the readable path, over the whole configuration table.
+
+The readable path (``foreach=False, fused=False``) is the reference. Each fast path runs the
+same problem: mixed shapes and dtypes in one group, a zero-size parameter, a 0-d one, a
+complex one, one that never has a gradient and one that has a gradient every other step (so
+that the step counts differ inside the group). After 12 steps the parameters and every state
+tensor must agree: bit for bit on the multi-tensor path, to rtol 1e-12 in float64 on the fused
+kernels (which may fuse a multiply and an add, or fold ε differently).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import amsgrad
+from amsgrad import kernels
+from amsgrad.kernels import native
+
+from .configs import CONFIGS
+
+STEPS = 12
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+NATIVE = native.library() is not None
+needs_native = pytest.mark.skipif(not NATIVE, reason=f"C kernel unavailable: {native.unavailable_reason()}")
+
+# name -> (param-group settings, CPU fused backends to allow)
+FAST_PATHS = {
+    "foreach": (dict(foreach=True), kernels.CPU_FUSED_BACKENDS),
+    "default": (dict(), kernels.CPU_FUSED_BACKENDS),
+    "fused-native": (dict(fused=True), ("native",)),
+    "fused-torch-kernel": (dict(fused=True), ("torch",)),
+    "default-without-c": (dict(), ("torch",)),
+}
+READABLE = dict(foreach=False, fused=False)
+
+
+def make_problem(device: str = "cpu", seed: int = 0) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    specs = [((3, 4), torch.float64), ((5,), torch.float64), ((), torch.float64), ((0,), torch.float64),
+             ((2, 1, 3), torch.float64), ((4, 3), torch.complex128), ((6,), torch.float32),
+             ((3,), torch.float64),  # never has a gradient
+             ((2, 2), torch.float64)]  # has a gradient on even steps only
+    return [torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype).to(device)) for shape, dtype in specs]
+
+
+def run(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], steps=range(STEPS), seed: int = 1) -> None:
+    for step in steps:
+        generator = torch.Generator().manual_seed(seed * 7919 + step)
+        scale = 10.0 ** ((step % 5) - 2)
+        for index, param in enumerate(params):
+            if index == 7 or (index == 8 and step % 2):
+                param.grad = None
+                continue
+            grad = scale * torch.randn(param.shape, generator=generator, dtype=param.dtype)
+            param.grad = grad.to(param.device)
+        optimizer.step()
+
+
+def assert_close_runs(opt_a, params_a, opt_b, params_b, exact: bool) -> None:
+    for index, (a, b) in enumerate(zip(params_a, params_b)):
+        _assert_close(f"param {index}", a.detach(), b.detach(), exact)
+        state_a, state_b = opt_a.state[a], opt_b.state[b]
+        assert set(state_a) == set(state_b), f"param {index}: state keys {set(state_a)} vs {set(state_b)}"
+        for key in state_a:
+            _assert_close(f"param {index} {key}", state_a[key], state_b[key], exact or key == "step")
+
+
+def _assert_close(name: str, a: torch.Tensor, b: torch.Tensor, exact: bool) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape, name
+    if exact:
+        assert torch.equal(a, b), f"{name}: max |Δ| = {(a - b).abs().max()}"
+        return
+    # Relative to each element and to the tensor's largest one: an element that is the small
+    # difference of large terms (m_t, say) keeps the rounding error of the large terms.
+    rtol = 1e-5 if a.dtype in (torch.float32, torch.complex64) else 1e-12
+    scale = b.abs().max().item() if b.numel() else 0.0
+    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * scale, equal_nan=True,
+                               msg=lambda message: f"{name}: {message}")
+
+
+def _fused_possible(config, backends) -> bool:
+    return config.settings.get("max_of") != "corrected" or "native" in backends
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", list(FAST_PATHS))
+@pytest.mark.parametrize("config", CONFIGS, ids=repr)
+def test_fast_path_equals_readable_path(config, path, device, monkeypatch):
+    overrides, backends = FAST_PATHS[path]
+    if "native" in backends and not NATIVE and path == "fused-native":
+        pytest.skip("C kernel unavailable")
+    if overrides.get("fused") and device == "cpu" and not _fused_possible(config, backends):
+        pytest.skip("no fused kernel for this configuration (see test_impossible_fused_is_a_clear_error)")
+    if overrides.get("fused") and device == "cuda" and config.settings.get("max_of") == "corrected":
+        pytest.skip("no CUDA fused kernel for max_of='corrected'")
+    monkeypatch.setattr(kernels, "CPU_FUSED_BACKENDS", backends)
+
+    reference_params, fast_params = make_problem(device), make_problem(device)
+    reference = config.make(reference_params, **READABLE)
+    fast = config.make(fast_params, **overrides)
+    run(reference, reference_params)
+    run(fast, fast_params)
+    assert fast_params[7] not in fast.state  # no gradient, no state
+    exact = path == "foreach" and device == "cpu"
+    assert_close_runs(reference, reference_params, fast, fast_params, exact=exact)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=repr)
+def test_fused_kernels_take_non_contiguous_tensors_to_the_multi_tensor_path(config):
+    def make():
+        generator = torch.Generator().manual_seed(5)
+        return [torch.nn.Parameter(torch.randn(4, 3, generator=generator, dtype=torch.float64).t()),
+                torch.nn.Parameter(torch.randn(7, generator=generator, dtype=torch.float64))]
+
+    reference_params, fast_params = make(), make()
+    reference, fast = config.make(reference_params, **READABLE), config.make(fast_params)
+    run(reference, reference_params, seed=3)
+    run(fast, fast_params, seed=3)
+    assert_close_runs(reference, reference_params, fast, fast_params, exact=False)
+
+
+def test_half_precision_takes_torch_kernel_and_stays_close():
+    params = [torch.nn.Parameter(torch.randn(64, dtype=torch.float32)) for _ in range(2)]
+    halves = [torch.nn.Parameter(p.detach().to(torch.bfloat16)) for p in params]
+    reference, fast = amsgrad.AMSGrad(params, lr=1e-2), amsgrad.AMSGrad(halves, lr=1e-2, fused=True)
+    for step in range(5):
+        for p, h in zip(params, halves):
+            p.grad = torch.randn(64, generator=torch.Generator().manual_seed(step))
+            h.grad = p.grad.to(torch.bfloat16)
+        reference.step()
+        fast.step()
+    for p, h in zip(params, halves):
+        torch.testing.assert_close(h.float(), p.detach(), rtol=2e-2, atol=2e-2)
+
+
+# ---------------------------------------------------------------- choosing a path
+@pytest.mark.parametrize(
+    "fused, foreach, hooks, expected",
+    [
+        (None, None, (), "fused"),
+        (True, None, (), "fused"),
+        (False, None, (), "foreach"),
+        (None, True, (), "foreach"),
+        (False, True, (), "foreach"),
+        (None, False, (), "readable"),
+        (False, False, (), "readable"),
+        (True, False, (), "fused"),
+        (None, None, ("get_mv",), "readable"),
+    ],
+)
+def test_implementation_choice(fused, foreach, hooks, expected):
+    assert kernels.implementation({"fused": fused, "foreach": foreach}, hooks) == expected
+
+
+def test_fused_and_foreach_together_are_refused():
+    with pytest.raises(ValueError, match=r"fused: True with foreach=True"):
+        amsgrad.AMSGrad([torch.nn.Parameter(torch.zeros(2))], fused=True, foreach=True)
+    optimizer = amsgrad.Adam([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match=r"param group 1: Invalid fused"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "fused": True, "foreach": True})
+
+
+class DoubledMoment(amsgrad.AMSGrad):
+    """A subclass with its own hook: it must run on the readable path."""
+
+    calls = 0
+
+    def get_mv(self, state, group, grad):
+        DoubledMoment.calls += 1
+        m, v = super().get_mv(state, group, grad)
+        return m, 2 * v
+
+
+class OnlyNewDefaults(amsgrad.AMSGrad):
+    def __init__(self, params):
+        super().__init__(params, lr=0.01)
+
+
+def test_a_subclass_that_overrides_a_hook_runs_on_the_readable_path():
+    params = make_problem()
+    optimizer = DoubledMoment(params)
+    DoubledMoment.calls = 0
+    run(optimizer, params, range(2))
+    assert DoubledMoment.calls > 0
+    for key in ("fused", "foreach"):
+        with pytest.raises(ValueError, match=rf"Invalid {key}: True for a subclass that overrides get_mv"):
+            DoubledMoment(make_problem(), **{key: True})
+
+
+def test_a_subclass_that_overrides_no_hook_keeps_the_fast_path(monkeypatch):
+    calls = []
+    original = kernels.step_group
+    monkeypatch.setattr(kernels, "step_group", lambda *args: calls.append(args[-1]) or original(*args))
+    params = make_problem()
+    run(OnlyNewDefaults(params), params, range(1))
+    assert calls == ["fused"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_impossible_fused_is_a_clear_error(monkeypatch, dtype):
+    if dtype == torch.float64:
+        monkeypatch.setattr(kernels, "CPU_FUSED_BACKENDS", ("torch",))  # as without a C compiler
+    param = torch.nn.Parameter(torch.ones(3, dtype=dtype))
+    before = param.detach().clone()
+    optimizer = amsgrad.AMSGrad([param], max_of="corrected", fused=True)
+    param.grad = torch.ones_like(param)
+    with pytest.raises(RuntimeError, match=r"Invalid fused: True for a torch\.float\d+ parameter on cpu: .*max_of='corrected'"):
+        optimizer.step()
+    assert torch.equal(param.detach(), before) and float(optimizer.state[param]["step"]) == 0
+    optimizer.param_groups[0]["fused"] = None  # the automatic choice falls back instead
+    optimizer.step()
+    assert not torch.equal(param.detach(), before)
+
+
+def test_the_default_path_needs_no_c_compiler(monkeypatch):
+    monkeypatch.setattr(kernels, "CPU_FUSED_BACKENDS", ("torch",))
+    for config in CONFIGS:
+        reference_params, fast_params = make_problem(), make_problem()
+        reference, fast = config.make(reference_params, **READABLE), config.make(fast_params)
+        run(reference, reference_params, range(3))
+        run(fast, fast_params, range(3))
+        assert_close_runs(reference, reference_params, fast, fast_params, exact=False)
+
+
+@needs_native
+def test_native_kernel_runs_in_parallel_chunks_like_one_pass():
+    # Large enough to be split into chunks over threads, with a tensor boundary inside a chunk.
+    sizes = [70_000, 5, 8192 * 3 + 1]
+    make = lambda: [torch.nn.Parameter(torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64))
+                    for n in sizes]  # noqa: E731
+    reference_params, fast_params = make(), make()
+    reference = amsgrad.AMSGrad(reference_params, max_of="corrected", **READABLE)
+    fast = amsgrad.AMSGrad(fast_params, max_of="corrected", fused=True)
+    run(reference, reference_params, range(4))
+    run(fast, fast_params, range(4))
+    assert_close_runs(reference, reference_params, fast, fast_params, exact=False)
+
+
+def test_compiled_step_gives_the_eager_results():
+    params_eager, params_compiled = make_problem()[:2], make_problem()[:2]
+    eager = amsgrad.AMSGrad(params_eager, lr=0.05)
+    compiled = amsgrad.AMSGrad(params_compiled, lr=0.05)
+    torch._dynamo.reset()
+    step = torch.compile(compiled.step, backend="aot_eager")
+    for index in range(3):
+        for a, b in zip(params_eager, params_compiled):
+            a.grad = torch.full_like(a, float(index + 1))
+            b.grad = a.grad.clone()
+        eager.step()
+        step()
+    assert_close_runs(eager, params_eager, compiled, params_compiled, exact=False)
