@@ -55,7 +55,7 @@ def main() -> None:
 
     model = build_model(device)
     # nonfinite="skip": a step whose gradient holds inf/NaN on any rank is skipped on all of them.
-    optimizer = amsgrad.AMSGrad(model.parameters(), lr=3e-3, weight_decay=amsgrad.WeightDecay(0.01),
+    optimizer = amsgrad.AMSGrad(model.parameters(), lr=1e-2, weight_decay=amsgrad.WeightDecay(0.01),
                                 nonfinite="skip")
     start = 0
     if args.resume:
@@ -81,6 +81,7 @@ def main() -> None:
     dcp.save(state, checkpoint_id=args.checkpoint_dir)
     if rank == 0:
         print(f"saved checkpoint at step {start + args.steps} to {args.checkpoint_dir}")
+    dist.barrier()
     dist.destroy_process_group()
 
 
