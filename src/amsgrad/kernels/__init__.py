@@ -39,7 +39,8 @@ anything else                   ``max_of="corrected"``          none: multi-tens
 ==============================  =============================  ==============================
 
 Tensors that are not contiguous (or whose gradient or state is not) take the multi-tensor
-path under any setting, since the fused kernels walk memory linearly.
+path under any setting, since the fused kernels walk memory linearly. Tensor subclasses
+(``DTensor`` parameters of FSDP2, say) take it too, by default; ``fused=True`` refuses them.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ HOOKS = ("init_state", "get_mv", "get_lr", "bias_corrections", "adam_update", "s
 CPU_FUSED_BACKENDS: tuple[str, ...] = ("native", "torch")
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def implementation(group: dict[str, Any], overridden_hooks: tuple[str, ...]) -> str:
@@ -149,6 +151,14 @@ class _Batch:
         for index, (param, grad, exp_avg, exp_avg_sq, step) in enumerate(
             zip(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, self.steps)
         ):
+            if type(param) not in _PLAIN or type(grad) not in _PLAIN:  # DTensor and other subclasses
+                if explicit:
+                    raise RuntimeError(
+                        f"Invalid fused: True for a parameter of type {type(param).__name__}: the fused kernels "
+                        "take plain tensors only. Use fused=None to fall back to the multi-tensor path."
+                    )
+                leftover.append(index)
+                continue
             if not (param.is_contiguous() and grad.is_contiguous() and exp_avg.is_contiguous()
                     and exp_avg_sq.is_contiguous() and (maxima is None or maxima[index].is_contiguous())
                     and grad.dtype == param.dtype):
