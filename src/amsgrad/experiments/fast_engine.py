@@ -187,6 +187,7 @@ class FastRun:
         self.problem, self.variant, self.settings = problem, variant, settings
         self._state = _new_state()
         self._kernel_args = _kernel_settings(variant, settings)
+        self.advance(0, 0)  # load (or, the first time on a machine, compile) the kernel now
 
     @property
     def t(self) -> int:
@@ -208,8 +209,6 @@ class FastRun:
         from .simulate import Trace
 
         first = self.t + 1
-        if count < 1:
-            return Trace.empty()
         room = count // record_every + 1 if record_every > 0 else 0
         out = [np.empty(room, dtype=np.int64)] + [np.empty(room, dtype=np.float64) for _ in range(3)]
         recorded = _advance(

@@ -137,10 +137,16 @@ class Settings:
         object.__setattr__(self, "lr", float(self.lr))
         object.__setattr__(self, "eps", float(self.eps))
 
-    def describe(self) -> str:
+    def describe(self, betas: bool = True) -> str:
+        """The settings in one line (without the betas, for a sweep over them)."""
         b1, b2 = self.betas
-        text = f"lr {self.lr:g} ({self.schedule}), betas ({b1:g}, {b2:g}), eps {self.eps:g}"
-        return text if self.optimized_update else text + ", standard update"
+        parts = [f"lr {self.lr:g} ({self.schedule})"]
+        if betas:
+            parts.append(f"betas ({b1:g}, {b2:g})")
+        parts.append(f"eps {self.eps:g}")
+        if not self.optimized_update:
+            parts.append("standard update")
+        return ", ".join(parts)
 
     def params(self) -> dict[str, Any]:
         """The settings as flat parameters, for tracking and JSON."""

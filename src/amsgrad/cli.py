@@ -1,0 +1,421 @@
+"""The ``amsgrad`` command: the paper's synthetic experiments, tracked and plotted.
+
+``amsgrad synthetic`` runs Adam and AMSGrad on one of the paper's problems and prints a table;
+``amsgrad sweep`` maps a grid of (β1, β2). Both save their results, table and plot to
+``--out`` and record runs with MLflow (``--no-track`` to skip). The work is done by the pure
+functions of :mod:`amsgrad.experiments`; this module only parses, reports and records.
+
+Exit status: 0 on success; 1 when the results are saved but could not be recorded in MLflow;
+2 for a usage error; 130 after Ctrl-C (the runs are then closed as KILLED, with what was
+computed so far saved and recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_TRACKING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# ---------------------------------------------------------------------- argument types
+def _steps(text: str) -> int:
+    """A positive integer; ``10_000_000`` and ``1e7`` are accepted."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if not math.isfinite(value) or value != int(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(value)
+
+
+def _number(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False):
+    """A finite float within the given bounds (None: unbounded on that side)."""
+    if high is None:
+        expected = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+        ok = math.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value < high if high_open else value <= high
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _integer(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _number(0.0, None, low_open=True)
+_non_negative = _number(0.0, None)
+_beta = _number(0.0, 1.0, high_open=True)
+_probability = _number(0.0, 1.0, low_open=True, high_open=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------- the parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``amsgrad`` argument parser, with its ``synthetic`` and ``sweep`` subcommands."""
+    from .experiments.problems import SETTINGS
+    from .experiments.simulate import ENGINES
+    from .experiments.variants import SCHEDULES, VARIANTS
+
+    parser = _Parser(
+        prog="amsgrad",
+        description="AMSGrad and Adam: the synthetic experiments of Reddi, Kale & Kumar (ICLR 2018).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser, steps: int, optimizers: list[str]) -> None:
+        problem = p.add_argument_group("problem")
+        problem.add_argument("--setting", choices=SETTINGS, default="online", help="online: 1010x if t mod 101 = 1 else -10x (the reference's); stochastic: 1010x with probability 0.01 else -10x; theorem1: Cx if t mod 3 = 1 else -x, with Theorem 1's betas; periodic: Cx every k steps else -x (default: %(default)s)")
+        problem.add_argument("--C", dest="spike", type=_positive, metavar="C", help="the gradient of a spike step (online 1010, theorem1 3, periodic 10)")
+        problem.add_argument("--period", type=_integer(2), metavar="K", help="a spike every K steps, at t mod K = 1 (online 101, periodic 5)")
+        problem.add_argument("--probability", type=_probability, metavar="P", help="the chance of a spike, stochastic setting (0.01)")
+        problem.add_argument("--seed", type=_integer(0), default=0, help="seed of the stochastic setting (default: %(default)s)")
+        opt = p.add_argument_group("optimizers")
+        opt.add_argument("--optimizers", nargs="+", choices=list(VARIANTS), default=optimizers, metavar="NAME", help="any of: " + "; ".join(f"{v.name} ({v.summary})" for v in VARIANTS.values()) + " (default: %(default)s)")
+        opt.add_argument("--steps", type=_steps, default=steps, help="steps T, e.g. 1e7 (default: %(default)s)")
+        opt.add_argument("--lr", type=_positive, default=1e-2, help="step size α (default: %(default)s)")
+        opt.add_argument("--eps", type=_non_negative, default=1e-16, help="ε̂ (ε with --standard-update), as amsgrad.Adam's eps (default: %(default)s)")
+        opt.add_argument("--schedule", choices=SCHEDULES, default="constant", help="α_t = α, or α/√t as in the paper's theorems (default: %(default)s)")
+        opt.add_argument("--standard-update", action="store_true", help="optimized_update=False: torch.optim's form, ε added to the corrected √v")
+        out = p.add_argument_group("output")
+        out.add_argument("--out", type=Path, metavar="DIR", help="folder for the results, table and plot (default: a new folder in ./runs)")
+        out.add_argument("--json", action="store_true", help="print the results as JSON, and nothing else, on stdout")
+        out.add_argument("--no-track", action="store_true", help="do not record runs with MLflow")
+        out.add_argument("--experiment", metavar="NAME", help="MLflow experiment name (default: the command's name)")
+
+    synthetic = commands.add_parser(
+        "synthetic",
+        help="Adam vs AMSGrad on one of the paper's problems",
+        description="Run the paper's synthetic experiment: each optimizer on the problem, x and the average regret R(t)/t recorded every 1,000 steps; print a table, save the plot, record the runs. Defaults are the reference's: the online problem, lr 0.01, betas (0.9, 0.99), 10^7 steps, Adam and AMSGrad. "
+        "Example, the paper's picture with α_t = α/√t: amsgrad synthetic --schedule inv-sqrt --lr 0.5",
+    )
+    common(synthetic, 10_000_000, ["adam", "amsgrad"])
+    synthetic.add_argument("--betas", nargs=2, type=_beta, metavar=("B1", "B2"), help="β1 β2, each in [0, 1) (default: 0.9 0.99; theorem1: 0 and 1/(1+C^2))")
+    synthetic.add_argument("--engine", choices=ENGINES, default="fast", help="fast: a compiled loop of the same update rules; torch: the library's optimizer classes (exact, ~10^4 steps/s) (default: %(default)s)")
+    synthetic.add_argument("--record-every", type=_steps, default=1000, metavar="N", help="record x, the step's regret and R(t)/t every N steps (default: %(default)s)")
+    synthetic.set_defaults(handler=_synthetic, command_parser=synthetic)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="Adam vs AMSGrad over a grid of (β1, β2): heatmaps",
+        description="Run each optimizer at every (β1, β2) of a grid on the problem and draw heatmaps of the final x (or R(T)/T), with the curve β1 = √β2 of the paper's theorems.",
+    )
+    common(sweep, 1_000_000, ["adam", "amsgrad"])
+    sweep.add_argument("--grid", nargs="+", type=_integer(1), default=[32], metavar="N", help="N (an N×N grid) or N1 N2 (β1 values × β2 values) (default: 32)")
+    sweep.add_argument("--beta1-range", nargs=2, type=_beta, default=[0.0, 0.99], metavar=("LOW", "HIGH"), help="β1 from LOW to HIGH, evenly spaced (default: 0 0.99)")
+    sweep.add_argument("--beta2-range", nargs=2, type=_beta, default=[0.5, 0.9999], metavar=("LOW", "HIGH"), help="β2 from LOW to HIGH, 1-β2 evenly spaced on a log scale (default: 0.5 0.9999)")
+    sweep.add_argument("--metric", choices=("final-x", "average-regret"), default="final-x", help="what the heatmaps show (default: %(default)s)")
+    sweep.set_defaults(handler=_sweep, command_parser=sweep)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------- shared steps
+def _problem(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    from .experiments.problems import make_problem
+
+    try:
+        return make_problem(args.setting, spike=args.spike, period=args.period, probability=args.probability, seed=args.seed)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def _out_dir(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> Path:
+    from .experiments.report import check_writable, default_out_dir
+
+    out = args.out if args.out is not None else default_out_dir(command)
+    try:
+        check_writable(out)
+    except OSError as error:
+        parser.error(f"argument --out: cannot write to {str(out)!r} ({error.strerror or error})")
+    return out
+
+
+class _Progress:
+    """A tqdm bar on stderr when stderr is a terminal; otherwise nothing at all."""
+
+    def __init__(self, total: int, unit: str):
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def describe(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(text)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _finish_runs(tracker, handles, status: str, artifacts: Sequence[Path]) -> None:
+    for handle in handles:
+        for path in artifacts:
+            if path is not None and Path(path).exists():
+                tracker.log_artifact(handle, path)
+        tracker.finish(handle, status)
+
+
+def _warn(prog: str, text: str) -> None:
+    print(f"{prog}: warning: {text}", file=sys.stderr)
+
+
+def _tracking_lines(tracker) -> list[str]:
+    if not tracker.enabled:
+        return ["runs     not recorded (--no-track)"]
+    if tracker.error is not None:
+        return ["runs     not recorded (see the warning below)"]
+    names = ", ".join(f"{r['name']} {r['run_id']}" for r in tracker.describe_runs())
+    return [f"runs     {names}", f"         in {tracker.uri}, experiment {tracker.experiment!r}"]
+
+
+# ---------------------------------------------------------------------- amsgrad synthetic
+def _synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .experiments import report
+    from .experiments.problems import theorem1_betas
+    from .experiments.simulate import Interrupted, simulate
+    from .experiments.tracking import open_tracker
+    from .experiments.variants import Settings, variant
+
+    problem = _problem(args, parser)
+    betas = tuple(args.betas) if args.betas else (theorem1_betas(problem.spike) if problem.setting == "theorem1" else (0.9, 0.99))
+    settings = Settings(lr=args.lr, betas=betas, eps=args.eps, optimized_update=not args.standard_update, schedule=args.schedule)
+    variants = [variant(name) for name in dict.fromkeys(args.optimizers)]
+    out = _out_dir(args, parser, "synthetic")
+
+    tracker = open_tracker(args.experiment or "synthetic", enabled=not args.no_track)
+    progress = _Progress(args.steps * len(variants), unit="step")
+    results, handles = [], []
+    interrupted = False
+    try:
+        for v in variants:
+            handle = tracker.start_run(
+                v.label,
+                {**problem.params(), **settings.params(), "optimizer": v.name, "steps": args.steps, "engine": args.engine, "record_every": args.record_every},
+                description=f"{v.label} on {problem.description}; {settings.describe()}; {args.steps:,} steps, {args.engine} engine",
+                tags={"optimizer": v.name},
+            )
+            handles.append(handle)
+            progress.describe(v.label)
+            logged = 0
+
+            def on_chunk(trace, count, handle=handle):
+                nonlocal logged
+                tracker.log_metrics(handle, trace.step, {"regret": trace.regret, "x": trace.x, "average_regret": trace.average_regret})
+                logged += len(trace)
+                progress.update(count)
+
+            try:
+                result = simulate(problem, v, settings, args.steps, engine=args.engine, record_every=args.record_every, on_chunk=on_chunk)
+            except Interrupted as stop:
+                result, interrupted = stop.result, True
+                tail = result.trace
+                tracker.log_metrics(handle, tail.step[logged:], {"regret": tail.regret[logged:], "x": tail.x[logged:], "average_regret": tail.average_regret[logged:]})
+            results.append(result)
+            tracker.flush(handle)
+            if interrupted:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+
+    # Save everything before anything else can fail: the results are never lost.
+    plot = out / "synthetic.png"
+    table = report.synthetic_table(results)
+    try:
+        if results:
+            from .experiments.plotting import plot_synthetic
+
+            plot_synthetic(results, plot)
+            report.write_traces(out / "trace.csv", results)
+    except KeyboardInterrupt:
+        interrupted = True
+    report.write_text(out / "results.txt", table)
+    document = report.synthetic_json(results, plot=str(plot) if plot.exists() else None, runs=[], out=str(out))
+    report.write_json(out / "results.json", document)
+    _finish_runs(tracker, handles, "KILLED" if interrupted else "FINISHED", [plot, out / "results.json"])
+    tracker.close()
+    document = report.synthetic_json(results, plot=document["plot"], runs=tracker.describe_runs(), out=str(out), tracking_error=tracker.error)
+    report.write_json(out / "results.json", document)
+
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        lines = [
+            f"{problem.setting} problem: {problem.description}, x in [-1, 1], x* = -1",
+            f"{settings.describe()}, {args.steps:,} steps, {args.engine} engine",
+            "",
+            table,
+            "",
+            f"plot     {document['plot'] or 'not drawn'}",
+            f"results  {out / 'results.json'}",
+            *_tracking_lines(tracker),
+        ]
+        print("\n".join(lines))
+    return _exit_status(parser.prog, tracker, interrupted, out)
+
+
+def _exit_status(prog: str, tracker, interrupted: bool, out: Path) -> int:
+    if tracker.error is not None:
+        _warn(prog, f"the runs were not recorded in MLflow ({tracker.error}); the results are saved in {out}")
+    if interrupted:
+        _warn(prog, f"interrupted; the results so far are saved in {out}")
+        return EXIT_INTERRUPTED
+    return EXIT_TRACKING if tracker.error is not None else EXIT_OK
+
+
+# ---------------------------------------------------------------------- amsgrad sweep
+def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import numpy as np
+
+    from .experiments import report
+    from .experiments.sweep import SweepInterrupted, default_beta1s, default_beta2s, sweep
+    from .experiments.tracking import open_tracker
+    from .experiments.variants import Settings, variant
+
+    if len(args.grid) > 2:
+        parser.error(f"argument --grid: give N or N1 N2, got {len(args.grid)} numbers")
+    rows, columns = (args.grid[0], args.grid[0]) if len(args.grid) == 1 else args.grid
+    for name, (low, high) in (("--beta1-range", args.beta1_range), ("--beta2-range", args.beta2_range)):
+        if low > high:
+            parser.error(f"argument {name}: LOW must not exceed HIGH, got {low:g} {high:g}")
+    problem = _problem(args, parser)
+    settings = Settings(lr=args.lr, eps=args.eps, optimized_update=not args.standard_update, schedule=args.schedule)
+    variants = [variant(name) for name in dict.fromkeys(args.optimizers)]
+    beta1s = default_beta1s(rows, *args.beta1_range)
+    beta2s = default_beta2s(columns, *args.beta2_range)
+    out = _out_dir(args, parser, "sweep")
+    metric = args.metric.replace("-", "_")
+
+    tracker = open_tracker(args.experiment or "sweep", enabled=not args.no_track)
+    label = " vs ".join(v.label for v in variants)
+    handle = tracker.start_run(
+        label,
+        {**problem.params(), **{k: v for k, v in settings.params().items() if k not in ("beta1", "beta2")}, "optimizers": ",".join(v.name for v in variants), "steps": args.steps, "grid": f"{rows}x{columns}", "beta1_range": f"{args.beta1_range[0]:g}-{args.beta1_range[1]:g}", "beta2_range": f"{args.beta2_range[0]:g}-{args.beta2_range[1]:g}"},
+        description=f"{label} over a {rows}x{columns} grid of (beta1, beta2) on {problem.description}; {settings.describe(betas=False)}; {args.steps:,} steps",
+    )
+    progress = _Progress(rows * columns * len(variants), unit="run")
+    interrupted = False
+    try:
+        result = sweep(problem, variants, settings, args.steps, beta1s, beta2s, on_progress=progress.update)
+    except SweepInterrupted as stop:
+        result, interrupted = stop.result, True
+    finally:
+        progress.close()
+
+    plot = out / "sweep.png"
+    try:
+        from .experiments.plotting import plot_sweep
+
+        plot_sweep(result, plot, metric)
+    except KeyboardInterrupt:
+        interrupted = True
+    table = report.sweep_table(result)
+    report.write_text(out / "results.txt", table)
+    document = report.sweep_json(result, plot=str(plot) if plot.exists() else None, runs=[], out=str(out))
+    report.write_json(out / "results.json", document)
+    if handle is not None:
+        for s in result.summary():
+            cells = s["cells"]
+            values = {"near_optimum_fraction": s["near_optimum"] / cells, "at_plus_one_fraction": s["at_plus_one"] / cells, "median_final_x": s["median_final_x"], "median_average_regret": s["median_average_regret"], "seconds": s["seconds"]}
+            tracker.log_metrics(handle, np.array([0]), {f"{s['optimizer']}.{k}": np.array([v]) for k, v in values.items()})
+    _finish_runs(tracker, [handle], "KILLED" if interrupted else "FINISHED", [plot, out / "results.json"])
+    tracker.close()
+    document = report.sweep_json(result, plot=document["plot"], runs=tracker.describe_runs(), out=str(out), tracking_error=tracker.error)
+    report.write_json(out / "results.json", document)
+
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        lines = [
+            f"{problem.setting} problem: {problem.description}, x in [-1, 1], x* = -1",
+            f"{settings.describe(betas=False)}, {args.steps:,} steps, beta1 {beta1s[0]:g}..{beta1s[-1]:g} x beta2 {beta2s[0]:g}..{beta2s[-1]:g} ({rows}x{columns})",
+            "",
+            table,
+            "",
+            f"plot     {document['plot'] or 'not drawn'}",
+            f"results  {out / 'results.json'}",
+            *_tracking_lines(tracker),
+        ]
+        print("\n".join(lines))
+    return _exit_status(parser.prog, tracker, interrupted, out)
+
+
+# ---------------------------------------------------------------------- entry point
+def _stop_on_sigterm() -> None:
+    """Treat SIGTERM (``kill``, a CI timeout) like Ctrl-C, so the runs are closed as KILLED."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``amsgrad`` command; return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command_parser = args.command_parser
+    _stop_on_sigterm()
+    try:
+        return args.handler(args, command_parser)
+    except KeyboardInterrupt:
+        print(f"{command_parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
