@@ -178,7 +178,7 @@ def test_closure_loss_is_returned_when_the_step_is_skipped():
         loss.backward()
         return loss
 
-    assert math.isinf(optimizer.step(closure)) and optimizer.skipped_steps == 1
+    assert torch.isinf(optimizer.step(closure)) and optimizer.skipped_steps == 1
 
 
 def test_settings_are_validated_with_clear_errors():
