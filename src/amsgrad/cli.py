@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, steps: int, optimizers: list[str]) -> None:
         problem = p.add_argument_group("problem")
         problem.add_argument("--setting", choices=SETTINGS, default="online", help="online: 1010x if t mod 101 = 1 else -10x (the reference's); stochastic: 1010x with probability 0.01 else -10x; theorem1: Cx if t mod 3 = 1 else -x, with Theorem 1's betas; periodic: Cx every k steps else -x (default: %(default)s)")
-        problem.add_argument("--C", dest="spike", type=_positive, metavar="C", help="the gradient of a spike step (online 1010, theorem1 3, periodic 10)")
-        problem.add_argument("--period", type=_integer(2), metavar="K", help="a spike every K steps, at t mod K = 1 (online 101, periodic 5)")
+        problem.add_argument("--C", dest="spike", type=_positive, metavar="C", help="the gradient of a spike step (online 1010, stochastic 1010, theorem1 3, periodic 250)")
+        problem.add_argument("--period", type=_integer(2), metavar="K", help="a spike every K steps, at t mod K = 1 (online 101, periodic 200)")
         problem.add_argument("--probability", type=_probability, metavar="P", help="the chance of a spike, stochastic setting (0.01)")
         problem.add_argument("--seed", type=_integer(0), default=0, help="seed of the stochastic setting (default: %(default)s)")
         opt = p.add_argument_group("optimizers")

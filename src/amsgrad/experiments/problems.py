@@ -153,7 +153,7 @@ def make_problem(
       :math:`-x`, with C = 3 unless given (the theorem needs C > 2; its β1 = 0,
       β2 = 1/(1 + C²) are :func:`theorem1_betas`).
     * ``periodic``: the general family of Theorem 2, :math:`C x` every k steps, else
-      :math:`-x` (defaults C = 10, k = 5).
+      :math:`-x` (defaults C = 250, k = 200: a spike rarer than β2 = 0.99 remembers).
 
     >>> make_problem("online").description
     'f_t(x) = 1010·x if t mod 101 = 1, else -10·x'
@@ -173,7 +173,7 @@ def make_problem(
         )
     if probability is not None:
         raise ValueError(f"the probability applies to the 'stochastic' setting, not to {setting!r}")
-    defaults = {"online": (1010.0, 10.0, 101), "theorem1": (3.0, 1.0, 3), "periodic": (10.0, 1.0, 5)}
+    defaults = {"online": (1010.0, 10.0, 101), "theorem1": (3.0, 1.0, 3), "periodic": (250.0, 1.0, 200)}
     default_spike, slope, default_period = defaults[setting]
     if setting == "theorem1" and period not in (None, 3):
         raise ValueError("Theorem 1's period is 3; use the 'periodic' setting for another period")

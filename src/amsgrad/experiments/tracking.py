@@ -216,6 +216,7 @@ def _serve(experiment: str, uri: str, commands: Any, replies: Any) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # whatever handler the parent had installed
     parent = os.getppid()
     tracker = Tracker(experiment, uri)
     handles: dict[int, RunHandle | None] = {}
