@@ -226,7 +226,7 @@ def test_the_default_path_needs_no_c_compiler(monkeypatch):
 @needs_native
 def test_native_kernel_runs_in_parallel_chunks_like_one_pass():
     # Large enough to be split into chunks over threads, with a tensor boundary inside a chunk.
-    sizes = [70_000, 5, 8192 * 3 + 1]
+    sizes = [300_000, 5, 8192 * 3 + 1]
     make = lambda: [torch.nn.Parameter(torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64))
                     for n in sizes]  # noqa: E731
     reference_params, fast_params = make(), make()

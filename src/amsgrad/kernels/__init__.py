@@ -81,15 +81,24 @@ def step_group(optimizer: torch.optim.Optimizer, group: dict[str, Any], params: 
                grads: list[torch.Tensor], choice: str) -> None:
     """Update ``params`` of ``group`` on the ``"foreach"`` or ``"fused"`` path (see the module map)."""
     settings = StepSettings.from_group(group)
-    batch = _Batch.gather(optimizer, group, params, grads, settings.max_of is not None)
-    if choice == "foreach":
+    fused = choice == "fused"
+    batch = _Batch.gather(optimizer, group, params, grads, settings.max_of is not None, fused)
+    if fused:
+        batch.run_fused(settings, explicit=group.get("fused") is True)
+    else:
         batch.run_foreach(settings, range(len(batch.params)))
-        return
-    batch.run_fused(settings, explicit=group.get("fused") is True)
+
+
+# Why a tensor cannot take a fused kernel, whatever its device and dtype.
+_SUBCLASS, _LAYOUT = "subclass", "layout"
 
 
 class _Batch:
-    """The group's tensors (complex ones as real views), one list per role."""
+    """The group's tensors (complex ones as real views), one list per role.
+
+    For the fused path each tensor also gets a kind: ``(device, dtype, step device, step
+    dtype)``, which decides its kernel, or the reason it has none.
+    """
 
     def __init__(self) -> None:
         self.params: list[torch.Tensor] = []
@@ -98,17 +107,20 @@ class _Batch:
         self.exp_avg_sqs: list[torch.Tensor] = []
         self.max_exp_avg_sqs: list[torch.Tensor] | None = None
         self.steps: list[torch.Tensor] = []
+        self.kinds: list[Any] = []
 
     @classmethod
-    def gather(cls, optimizer, group, params, grads, amsgrad: bool) -> "_Batch":
+    def gather(cls, optimizer, group, params, grads, amsgrad: bool, classify: bool) -> "_Batch":
         batch = cls()
         states = optimizer.state
         maxima = batch.max_exp_avg_sqs = [] if amsgrad else None
+        kinds = batch.kinds
+        maximum = None
         for param, grad in zip(params, grads):
             state = states[param]
             if not state:
                 optimizer.init_state(state, group, param)
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            exp_avg, exp_avg_sq, step = state["exp_avg"], state["exp_avg_sq"], state["step"]
             if amsgrad:
                 maximum = state.get("max_exp_avg_sq")
                 if maximum is None:  # a group switched to amsgrad, or a plain Adam state loaded
@@ -124,7 +136,16 @@ class _Batch:
             batch.exp_avg_sqs.append(exp_avg_sq)
             if maxima is not None:
                 maxima.append(maximum)
-            batch.steps.append(state["step"])
+            batch.steps.append(step)
+            if classify:
+                if type(param) not in _PLAIN or type(grad) not in _PLAIN:  # DTensor and other subclasses
+                    kinds.append(_SUBCLASS)
+                elif (param.is_contiguous() and grad.is_contiguous() and exp_avg.is_contiguous()
+                      and exp_avg_sq.is_contiguous() and (maximum is None or maximum.is_contiguous())
+                      and grad.dtype == param.dtype):
+                    kinds.append((param.device, param.dtype, step.device, step.dtype))
+                else:
+                    kinds.append(_LAYOUT)
         return batch
 
     def select(self, indices) -> tuple[list[torch.Tensor], ...]:
@@ -140,53 +161,47 @@ class _Batch:
             foreach_step(settings, *self.select(indices))
 
     def run_fused(self, settings: StepSettings, explicit: bool) -> None:
-        """Each tensor on the best fused kernel that can take it; the rest multi-tensor (or an error)."""
+        """Each tensor on the best fused kernel for its kind; the rest multi-tensor (or an error)."""
         lib = _NativeOnDemand() if "native" in CPU_FUSED_BACKENDS else None
-        use_torch_kernel = torch_kernel_supports(settings)
-        torch_devices = _torch_fused_devices() if use_torch_kernel else ()
-        native_groups: dict[tuple[torch.dtype, bool], list[int]] = {}
-        torch_groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        leftover: list[int] = []
-        maxima = self.max_exp_avg_sqs
-        for index, (param, grad, exp_avg, exp_avg_sq, step) in enumerate(
-            zip(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, self.steps)
-        ):
-            if type(param) not in _PLAIN or type(grad) not in _PLAIN:  # DTensor and other subclasses
-                if explicit:
-                    raise RuntimeError(
-                        f"Invalid fused: True for a parameter of type {type(param).__name__}: the fused kernels "
-                        "take plain tensors only. Use fused=None to fall back to the multi-tensor path."
-                    )
-                leftover.append(index)
-                continue
-            if not (param.is_contiguous() and grad.is_contiguous() and exp_avg.is_contiguous()
-                    and exp_avg_sq.is_contiguous() and (maxima is None or maxima[index].is_contiguous())
-                    and grad.dtype == param.dtype):
-                leftover.append(index)
-                continue
-            device, dtype = param.device, param.dtype
-            if device.type == "cpu" and dtype in _NATIVE_DTYPES and step.device.type == "cpu" \
-                    and step.dtype in _NATIVE_DTYPES and lib is not None and lib.get() is not None:
-                native_groups.setdefault((dtype, step.dtype == torch.float64), []).append(index)
-            elif use_torch_kernel and device.type in torch_devices and dtype.is_floating_point:
-                torch_groups.setdefault((device, dtype), []).append(index)
-            elif explicit:
-                raise RuntimeError(_impossible_fused(settings, param, lib.lib if lib is not None else None))
-            else:
-                leftover.append(index)
+        members: dict[Any, list[int]] = {}
+        for index, kind in enumerate(self.kinds):
+            members.setdefault(kind, []).append(index)
+        backends = {kind: _backend(kind, settings, lib) for kind in members}
+        if explicit:  # refuse before anything changes
+            for kind, backend in backends.items():
+                if backend is None:
+                    raise RuntimeError(_impossible_fused(kind, settings, lib))
 
-        if native_groups:
-            native_settings = _native_settings(settings)
-            for (dtype, step_is_double), indices in native_groups.items():
-                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self.select(_as_range(indices))
-                native_settings.step_is_double = int(step_is_double)
-                native.adam_step(lib.get(), dtype, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                                 native_settings)
-        for indices in torch_groups.values():
+        leftover: list[int] = []
+        for kind, indices in members.items():
+            backend = backends[kind]
+            if backend is None or backend == "foreach":
+                leftover.extend(indices)
+                continue
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self.select(_as_range(indices))
-            torch_fused_step(settings, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                             _increment_steps(steps, lib))
-        self.run_foreach(settings, leftover)
+            if backend == "native":
+                native_settings = _native_settings(settings, step_is_double=kind[3] == torch.float64)
+                native.adam_step(lib.get(), kind[1], params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                                 native_settings)
+            else:
+                torch_fused_step(settings, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                                 _increment_steps(steps, lib))
+        self.run_foreach(settings, sorted(leftover))
+
+
+def _backend(kind: Any, settings: StepSettings, lib: "_NativeOnDemand | None") -> str | None:
+    """``"native"``, ``"torch"``, ``"foreach"`` (layout: no fused kernel applies) or None (no kernel)."""
+    if kind == _LAYOUT:
+        return "foreach"
+    if kind == _SUBCLASS:
+        return None
+    device, dtype, step_device, step_dtype = kind
+    if device.type == "cpu" and dtype in _NATIVE_DTYPES and step_device.type == "cpu" \
+            and step_dtype in _NATIVE_DTYPES and lib is not None and lib.get() is not None:
+        return "native"
+    if torch_kernel_supports(settings) and device.type in _torch_fused_devices() and dtype.is_floating_point:
+        return "torch"
+    return None
 
 
 class _NativeOnDemand:
@@ -216,7 +231,7 @@ def _increment_steps(steps: list[torch.Tensor], lib: _NativeOnDemand | None) -> 
     return read_steps(steps)
 
 
-def _native_settings(s: StepSettings) -> native.NativeSettings:
+def _native_settings(s: StepSettings, step_is_double: bool) -> native.NativeSettings:
     if s.weight_decay == 0.0:
         decay_mode = native.DECAY_NONE
     else:
@@ -225,8 +240,8 @@ def _native_settings(s: StepSettings) -> native.NativeSettings:
     return native.NativeSettings(
         lr=s.lr, beta1=s.beta1, beta2=s.beta2, eps=s.eps, weight_decay=s.weight_decay,
         decay_factor=s.decay_factor, sign=-1.0 if s.maximize else 1.0, decay_mode=decay_mode, max_mode=max_mode,
-        optimized_update=int(s.optimized_update), bias_correction=int(s.bias_correction), step_is_double=0,
-        num_threads=torch.get_num_threads(),
+        optimized_update=int(s.optimized_update), bias_correction=int(s.bias_correction),
+        step_is_double=int(step_is_double), num_threads=torch.get_num_threads(),
     )
 
 
@@ -239,12 +254,19 @@ def _torch_fused_devices() -> tuple[str, ...]:
         return ("cpu", "cuda")
 
 
-def _impossible_fused(settings: StepSettings, param: torch.Tensor, lib) -> str:
-    where = f"a {param.dtype} parameter on {param.device.type}"
+def _impossible_fused(kind: Any, settings: StepSettings, lib: _NativeOnDemand | None) -> str:
+    fallback = "Use fused=None to fall back to the multi-tensor path."
+    if kind == _SUBCLASS:
+        return f"Invalid fused: True for a tensor subclass (DTensor, say): the fused kernels take plain tensors. {fallback}"
+    device, dtype, step_device, step_dtype = kind
+    where = f"a {dtype} parameter on {device.type}"
     if settings.max_of == "corrected":
         why = "torch has no fused kernel for max_of='corrected', and ours runs on CPU float32/float64 only"
-        if lib is None and param.device.type == "cpu" and param.dtype in _NATIVE_DTYPES:
-            why += f", where it is unavailable ({native.unavailable_reason()})"
+        if device.type == "cpu" and dtype in _NATIVE_DTYPES:
+            if lib is None or lib.get() is None:
+                why += f", where it is unavailable ({native.unavailable_reason() or 'disabled'})"
+            else:
+                why += f", with a CPU float32/float64 step counter (got {step_dtype} on {step_device.type})"
     else:
         why = "no fused kernel takes this device and dtype"
-    return f"Invalid fused: True for {where}: {why}. Use fused=None to fall back to the multi-tensor path."
+    return f"Invalid fused: True for {where}: {why}. {fallback}"

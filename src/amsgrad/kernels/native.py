@@ -16,9 +16,11 @@ tests allow a relative 1e-12.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import platform
 import shutil
@@ -49,7 +51,7 @@ typedef struct {
 /* Per-tensor numbers, from its step t (as Adam.bias_corrections and Adam.adam_update). */
 typedef struct { double neg_step_size, correction2, sqrt_correction2; int32_t divide; } tensor_scalars_t;
 
-enum { CHUNK = 8192, PARALLEL_MIN_ELEMENTS = 65536 };
+enum { CHUNK = 8192, PARALLEL_MIN_ELEMENTS = 1 << 18 }; /* below: one thread, as torch for small tensors */
 
 static double next_step(void *step, int32_t is_double) {
     if (is_double) { double *s = (double *)step; *s = *s + 1.0; return *s; }
@@ -214,14 +216,14 @@ def library() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         _FAILURE.append(f"the C kernel could not be built or loaded: {error}")
         return None
-    pointers = ctypes.POINTER(ctypes.c_void_p)
     for name in ("amsgrad_adam_step_f32", "amsgrad_adam_step_f64"):
         function = getattr(lib, name)
         function.restype = ctypes.c_int
-        function.argtypes = [ctypes.c_int64] + [pointers] * 5 + [ctypes.POINTER(ctypes.c_int64), pointers,
-                                                                   ctypes.POINTER(NativeSettings)]
+        # Addresses of pointer tables (params, grads, exp_avgs, exp_avg_sqs, max or NULL), numels, steps.
+        function.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 7 + [ctypes.POINTER(NativeSettings)]
     lib.amsgrad_increment_steps.restype = None
-    lib.amsgrad_increment_steps.argtypes = [ctypes.c_int64, pointers, ctypes.c_int32, ctypes.POINTER(ctypes.c_double)]
+    lib.amsgrad_increment_steps.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int32,
+                                            ctypes.POINTER(ctypes.c_double)]
     return lib
 
 
@@ -283,7 +285,8 @@ def increment_steps(lib: ctypes.CDLL, steps: Sequence[torch.Tensor], is_double: 
     """Add 1 to every (CPU, 0-d) step tensor in one call; return the new values."""
     n = len(steps)
     values = (ctypes.c_double * n)()
-    lib.amsgrad_increment_steps(n, _pointers(steps), int(is_double), values)
+    table = array.array("Q", map(_data_ptr, steps))
+    lib.amsgrad_increment_steps(n, table.buffer_info()[0], int(is_double), values)
     return list(values)
 
 
@@ -301,13 +304,18 @@ def adam_step(
     """One step of contiguous CPU tensors of ``dtype`` (float32 or float64); increments ``steps``."""
     n = len(params)
     function = lib.amsgrad_adam_step_f32 if dtype == torch.float32 else lib.amsgrad_adam_step_f64
-    numel = (ctypes.c_int64 * n)(*[p.numel() for p in params])
-    maxima = _pointers(max_exp_avg_sqs) if max_exp_avg_sqs is not None else None
-    status = function(n, _pointers(params), _pointers(grads), _pointers(exp_avgs), _pointers(exp_avg_sqs),
-                      maxima, numel, _pointers(steps), ctypes.byref(settings))
+    roles = [params, grads, exp_avgs, exp_avg_sqs, steps] + ([max_exp_avg_sqs] if max_exp_avg_sqs is not None else [])
+    # One table of addresses, role after role: building it is most of this call's cost.
+    table = array.array("Q", map(_data_ptr, itertools.chain.from_iterable(roles)))
+    numel = array.array("q", map(_numel, params))
+    base, size = table.buffer_info()[0], table.itemsize * n
+    maxima = base + 5 * size if max_exp_avg_sqs is not None else None
+    status = function(n, base, base + size, base + 2 * size, base + 3 * size, maxima, numel.buffer_info()[0],
+                      base + 4 * size, ctypes.byref(settings))
     if status:
         raise MemoryError("the native AMSGrad kernel could not allocate its work list")
 
 
-def _pointers(tensors: Sequence[torch.Tensor]):
-    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+_data_ptr = torch.Tensor.data_ptr
+_numel = torch.Tensor.numel
+
