@@ -276,3 +276,20 @@ def test_a_subclass_that_overrides_a_hook_keeps_working():
             optimizer.step()
         scheduler.step()
     assert_same_run(subclass, params_sub, plain, params_sched, exact=False, atol=1e-15)
+
+
+def test_optimizers_loaded_from_one_state_dict_share_no_state():
+    params = make_params()
+    source = amsgrad.AMSGrad(params)
+    run_steps(source, params, range(3))
+    saved = source.state_dict()
+    copies = [clone_params(params), clone_params(params)]
+    loaded = [amsgrad.AMSGrad(copy) for copy in copies]
+    for optimizer in loaded:
+        optimizer.load_state_dict(saved)
+    run_steps(loaded[0], copies[0], range(3, 5))
+    run_steps(loaded[1], copies[1], range(3, 5))
+    run_steps(source, params, range(3, 5))  # the source, still live, goes on by itself too
+    for optimizer, copy in zip([source, *loaded], [params, *copies]):
+        assert [float(optimizer.state[p]["step"]) for p in copy] == [5.0] * len(copy)
+        assert_same_run(optimizer, copy, loaded[0], copies[0])

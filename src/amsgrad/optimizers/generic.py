@@ -135,6 +135,21 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
         self.validate_group(candidate, where=f"param group {len(self.param_groups)}: ")
         super().add_param_group(group)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim``, except that the optimizer never shares tensors with ``state_dict``.
+
+        ``torch.optim`` adopts each saved state tensor that already has the parameter's dtype
+        and device, so an optimizer loaded from another's live ``state_dict()``, or two loaded
+        from one dict, would advance the same moments and step counters. Those tensors are
+        copied here; tensors that ``torch.optim`` already converted are not copied twice.
+        """
+        given = {id(value) for state in state_dict.get("state", {}).values() for value in state.values()}
+        super().load_state_dict(state_dict)
+        for state in self.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and id(value) in given:
+                    state[key] = value.clone()
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
