@@ -214,7 +214,10 @@ def _tracking_lines(tracker) -> list[str]:
         return ["runs     not recorded (--no-track)"]
     if tracker.error is not None:
         return ["runs     not recorded (see the warning below)"]
-    names = ", ".join(f"{r['name']} {r['run_id']}" for r in tracker.describe_runs())
+    runs = tracker.describe_runs()
+    if any(r.get("url") for r in runs):
+        return [f"runs     in {tracker.uri}, experiment {tracker.experiment!r}:"] + [f"         {r['name']}: {r['url']}" for r in runs]
+    names = ", ".join(f"{r['name']} {r['run_id']}" for r in runs)
     return [f"runs     {names}", f"         in {tracker.uri}, experiment {tracker.experiment!r}"]
 
 

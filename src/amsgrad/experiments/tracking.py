@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +47,17 @@ HTTP_DEFAULTS = {
 }
 
 
+def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, when the store is a server.
+
+    >>> run_url("http://127.0.0.1:5000", "1", "abc")
+    'http://127.0.0.1:5000/#/experiments/1/runs/abc'
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def tracking_uri() -> str:
     """Where runs are recorded: ``MLFLOW_TRACKING_URI``, or the SQLite default."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
@@ -67,9 +79,10 @@ class RunHandle:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    # MLflow and alembic announce migrations and deprecations on stderr; the command's
-    # output is ours to keep clean. Errors still surface as exceptions.
-    with warnings.catch_warnings():
+    # MLflow and alembic announce migrations and deprecations on stderr, and MLflow prints
+    # "View run" links on stdout, which belongs to the command's table or JSON. Errors still
+    # surface as exceptions.
+    with warnings.catch_warnings(), redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         yield
 
@@ -199,7 +212,14 @@ class Tracker:
     def describe_runs(self) -> list[dict[str, str]]:
         """The runs recorded, as the command line's JSON reports them."""
         return [
-            {"name": h.name, "run_id": h.run_id, "experiment_id": h.experiment_id, "status": h.status, "tracking_uri": self.uri}
+            {
+                "name": h.name,
+                "run_id": h.run_id,
+                "experiment_id": h.experiment_id,
+                "status": h.status,
+                "tracking_uri": self.uri,
+                "url": run_url(self.uri, h.experiment_id, h.run_id),
+            }
             for h in self.runs
         ]
 
@@ -217,6 +237,7 @@ def _serve(experiment: str, uri: str, commands: Any, replies: Any) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # whatever handler the parent had installed
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # the parent prints the runs
     parent = os.getppid()
     tracker = Tracker(experiment, uri)
     handles: dict[int, RunHandle | None] = {}
