@@ -84,12 +84,12 @@ def _make_optimizer(name: str, config: Config, params: list[torch.Tensor]) -> to
     return config.torch_class(params, lr=LR, **config.torch_kwargs, **flags)
 
 
-def _problem(sizes: list[int], dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+def _problem(sizes: list[int], dtype: torch.dtype, seed: int, device: str) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     params = []
     for size in sizes:
-        param = torch.nn.Parameter(torch.randn(size, generator=generator, dtype=dtype))
-        param.grad = torch.randn(size, generator=generator, dtype=dtype)
+        param = torch.nn.Parameter(torch.randn(size, generator=generator, dtype=dtype).to(device))
+        param.grad = torch.randn(size, generator=generator, dtype=dtype).to(device)
         params.append(param)
     return params
 
@@ -124,10 +124,14 @@ def peak_step_temporaries(step: Callable[[], Any]) -> int:
     return tracker.peak
 
 
-def _time(function: Callable[[], Any], repeat: int) -> float:
+def _time(function: Callable[[], Any], repeat: int, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeat):
         function()
+    if device == "cuda":
+        torch.cuda.synchronize()
     return (time.perf_counter() - start) / repeat
 
 
@@ -138,17 +142,17 @@ class Cell:
 
 
 def bench_layout(layout: str, configs: list[Config], implementations: list[str], rounds: int,
-                 dtype: torch.dtype) -> tuple[dict[str, dict[str, Cell]], Cell, dict[str, dict[str, int]]]:
+                 dtype: torch.dtype, device: str = "cpu") -> tuple[dict[str, dict[str, Cell]], Cell, dict[str, dict[str, int]]]:
     sizes, repeat = LAYOUTS[layout]
     numel = sum(sizes)
-    probe_a, probe_b = torch.randn(numel, dtype=dtype), torch.randn(numel, dtype=dtype)
+    probe_a, probe_b = torch.randn(numel, dtype=dtype, device=device), torch.randn(numel, dtype=dtype, device=device)
     probe_samples: list[float] = []
     results: dict[str, dict[str, Cell]] = {}
     memory: dict[str, dict[str, int]] = {}
     for config in configs:
         optimizers = {}
         for index, name in enumerate(implementations):
-            params = _problem(sizes, dtype, seed=index)
+            params = _problem(sizes, dtype, seed=index, device=device)
             optimizers[name] = _make_optimizer(name, config, params)
             for _ in range(2):  # create the state, compile our kernel, warm the caches
                 optimizers[name].step()
@@ -157,8 +161,8 @@ def bench_layout(layout: str, configs: list[Config], implementations: list[str],
         for round_index in range(rounds):
             order = implementations[round_index % len(implementations):] + implementations[:round_index % len(implementations)]
             for name in order:
-                samples[name].append(_time(optimizers[name].step, repeat))
-            probe_samples.append(_time(lambda: probe_a.add_(probe_b), repeat))
+                samples[name].append(_time(optimizers[name].step, repeat, device))
+            probe_samples.append(_time(lambda: probe_a.add_(probe_b), repeat, device))
         results[config.name] = {name: Cell(statistics.median(v) * 1e3, min(v) * 1e3) for name, v in samples.items()}
         del optimizers
     probe = Cell(statistics.median(probe_samples) * 1e3, min(probe_samples) * 1e3)
@@ -237,18 +241,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="time ours fast and torch fused only (skips the slow for-loop paths)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args(argv)
 
     dtype = getattr(torch, args.dtype)
     configs = [c for c in CONFIGS if args.configs is None or c.name in args.configs]
     implementations = ["ours fast", "torch fused"] if args.fast_only else IMPLEMENTATIONS
-    print(header(dtype))
+    print(header(dtype) + (f", device: {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
     print("ratio = ours fast / torch fused (median of rounds; and min over min). GB/s = bytes an exact single "
           "pass moves (36 per float32 element for AMSGrad, 28 for Adam) / median time; 'of probe' divides by the "
           "probe's GB/s (12 bytes per element). temp MB: peak bytes of tensors allocated during one step. "
           "* = torch has no such variant: compared with its nearest setting (same memory traffic).")
     for layout in args.layouts:
-        results, probe, memory = bench_layout(layout, configs, implementations, args.rounds, dtype)
+        results, probe, memory = bench_layout(layout, configs, implementations, args.rounds, dtype, args.device)
         print()
         print(report(layout, results, probe, memory, configs, implementations, dtype, args.markdown), flush=True)
 

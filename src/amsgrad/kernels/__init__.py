@@ -114,7 +114,9 @@ class _Batch:
         batch = cls()
         states = optimizer.state
         maxima = batch.max_exp_avg_sqs = [] if amsgrad else None
-        kinds = batch.kinds
+        # Bound methods: this loop runs once per tensor per step, so it is kept lean.
+        add_param, add_grad, add_exp_avg = batch.params.append, batch.grads.append, batch.exp_avgs.append
+        add_exp_avg_sq, add_step, add_kind = batch.exp_avg_sqs.append, batch.steps.append, batch.kinds.append
         maximum = None
         for param, grad in zip(params, grads):
             state = states[param]
@@ -130,22 +132,22 @@ class _Batch:
                 exp_avg, exp_avg_sq = torch.view_as_real(exp_avg), torch.view_as_real(exp_avg_sq)
                 if amsgrad:
                     maximum = torch.view_as_real(maximum)
-            batch.params.append(param)
-            batch.grads.append(grad)
-            batch.exp_avgs.append(exp_avg)
-            batch.exp_avg_sqs.append(exp_avg_sq)
-            if maxima is not None:
+            add_param(param)
+            add_grad(grad)
+            add_exp_avg(exp_avg)
+            add_exp_avg_sq(exp_avg_sq)
+            add_step(step)
+            if amsgrad:
                 maxima.append(maximum)
-            batch.steps.append(step)
             if classify:
                 if type(param) not in _PLAIN or type(grad) not in _PLAIN:  # DTensor and other subclasses
-                    kinds.append(_SUBCLASS)
+                    add_kind(_SUBCLASS)
                 elif (param.is_contiguous() and grad.is_contiguous() and exp_avg.is_contiguous()
                       and exp_avg_sq.is_contiguous() and (maximum is None or maximum.is_contiguous())
                       and grad.dtype == param.dtype):
-                    kinds.append((param.device, param.dtype, step.device, step.dtype))
+                    add_kind((param.device, param.dtype, step.device, step.dtype))
                 else:
-                    kinds.append(_LAYOUT)
+                    add_kind(_LAYOUT)
         return batch
 
     def select(self, indices) -> tuple[list[torch.Tensor], ...]:

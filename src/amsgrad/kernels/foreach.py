@@ -21,7 +21,7 @@ def read_steps(steps: list[torch.Tensor]) -> list[float]:
     """The values of 0-d step tensors, with one synchronisation rather than one per tensor."""
     if len(steps) == 1:
         return [float(steps[0])]
-    return torch.stack([step.to(torch.float64) for step in steps]).tolist() if steps else []
+    return torch.stack(steps).tolist() if steps else []  # mixed float32/float64 steps promote
 
 
 def foreach_step(

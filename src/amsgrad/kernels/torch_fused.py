@@ -64,7 +64,8 @@ def torch_fused_step(
         pick = (lambda tensors: tensors) if len(members) == len(params) else (lambda tensors: [tensors[i] for i in members])
         _, c2 = s.corrections(t)
         eps = s.eps / math.sqrt(c2) if s.optimized_update else s.eps
-        step = torch.tensor(t if s.bias_correction else NO_BIAS_CORRECTION_STEP, dtype=torch.float32, device=device)
+        # A fill, not a copy from the host: on CUDA it does not wait for the queued kernels.
+        step = torch.full((), t if s.bias_correction else NO_BIAS_CORRECTION_STEP, dtype=torch.float32, device=device)
         kernel(
             pick(params),
             pick(grads),
