@@ -235,7 +235,7 @@ def _synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     variants = [variant(name) for name in dict.fromkeys(args.optimizers)]
     out = _out_dir(args, parser, "synthetic")
 
-    tracker = open_tracker(args.experiment or "synthetic", enabled=not args.no_track)
+    tracker = open_tracker(args.experiment or "synthetic", runs=len(variants), enabled=not args.no_track)
     progress = _Progress(args.steps * len(variants), unit="step")
     results, handles = [], []
     interrupted = False
@@ -340,7 +340,7 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out = _out_dir(args, parser, "sweep")
     metric = args.metric.replace("-", "_")
 
-    tracker = open_tracker(args.experiment or "sweep", enabled=not args.no_track)
+    tracker = open_tracker(args.experiment or "sweep", runs=1, enabled=not args.no_track)
     label = " vs ".join(v.label for v in variants)
     handle = tracker.start_run(
         label,

@@ -5,8 +5,8 @@ is set, else a SQLite database in the working directory (``sqlite:///mlflow.db``
 embedded default). Metrics are buffered and sent with ``log_batch`` (at most 1,000 values a
 call, MLflow's limit), never one call per point.
 
-MLflow's SQL store spends about 70 µs of CPU per metric value (SQLAlchemy ORM), 2 s for the
-default run's 30,000 values, so :class:`BackgroundTracker` does the recording in a child
+MLflow's SQL store spends about 70 µs of CPU per metric value (SQLAlchemy ORM), 2 s for each
+of the default runs' 30,000 values, so :class:`BackgroundTracker` records each run in a child
 process while the command computes and plots: :func:`open_tracker` picks it where ``fork``
 is available.
 
@@ -228,10 +228,14 @@ class Tracker:
 
 
 # ---------------------------------------------------------------------------------------
-# The same, in a child process.
+# The same, in child processes: one per run, so that two runs are recorded on two cores.
 
-def _serve(experiment: str, uri: str, commands: Any, replies: Any) -> None:
-    """The child process: run a :class:`Tracker` on the commands the parent sends."""
+def _serve(experiment: str, uri: str, commands: Any, replies: Any, store_ready: Any, first: bool) -> None:
+    """A child process: record one run with a :class:`Tracker`, as the parent commands.
+
+    The first child opens the store (creating the database and the experiment if needed)
+    before the others touch it: ``store_ready`` is set when it has tried.
+    """
     import queue
     import signal
 
@@ -240,124 +244,136 @@ def _serve(experiment: str, uri: str, commands: Any, replies: Any) -> None:
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # the parent prints the runs
     parent = os.getppid()
     tracker = Tracker(experiment, uri)
-    handles: dict[int, RunHandle | None] = {}
+    handle: RunHandle | None = None
+    waited = first
     while True:
         try:
-            op, key, *args = commands.get(timeout=1.0)
+            op, *args = commands.get(timeout=1.0)
         except queue.Empty:
             if os.getppid() != parent:  # the parent died without saying goodbye
                 return
             continue
-        if op == "start":
-            handles[key] = tracker.start_run(*args)
-        elif op == "metrics":
-            tracker.log_metrics(handles.get(key), *args)
-        elif op == "flush":
-            tracker.flush(handles.get(key))
-        elif op == "artifact":
-            tracker.log_artifact(handles.get(key), *args)
-        elif op == "finish":
-            tracker.finish(handles.get(key), *args)
-        elif op == "close":
+        if op == "close":
             replies.put((tracker.describe_runs(), tracker.error))
             return
+        if not waited:
+            store_ready.wait(timeout=300)
+            waited = True
+        if op == "start":
+            handle = tracker.start_run(*args)
+            if first:
+                store_ready.set()
+        elif op == "metrics":
+            tracker.log_metrics(handle, *args)
+        elif op == "flush":
+            tracker.flush(handle)
+        elif op == "artifact":
+            tracker.log_artifact(handle, *args)
+        elif op == "finish":
+            tracker.finish(handle, *args)
 
 
 class BackgroundTracker:
-    """A :class:`Tracker` in a child process: the same methods, none of which waits.
+    """Like :class:`Tracker`, but each run is recorded by a child process; no method waits.
 
-    Runs are identified by local handles until :meth:`close`, which waits for the child to
-    record everything and then fills :attr:`runs` and :attr:`error`.
+    The children are forked up front, one for each of ``runs`` runs, before this process
+    starts any thread. Runs are identified by local handles until :meth:`close`, which waits
+    for the children to record everything and then fills :meth:`describe_runs` and
+    :attr:`error`.
     """
 
-    def __init__(self, experiment: str, uri: str | None = None, enabled: bool = True):
+    def __init__(self, experiment: str, runs: int = 1, uri: str | None = None):
         import multiprocessing
 
         self.experiment = experiment
         self.uri = uri or tracking_uri()
-        self.enabled = enabled
+        self.enabled = True
         self.error: str | None = None
         self._runs: list[dict[str, str]] = []
-        self._next = 0
-        self._process = None
-        if enabled:
-            context = multiprocessing.get_context("fork")
-            self._commands, self._replies = context.Queue(), context.Queue()
-            self._process = context.Process(
-                target=_serve, args=(experiment, self.uri, self._commands, self._replies), name="mlflow-tracker", daemon=True
+        self._started = 0
+        context = multiprocessing.get_context("fork")
+        store_ready = context.Event()
+        self._workers = []
+        for i in range(runs):
+            commands, replies = context.Queue(), context.Queue()
+            process = context.Process(
+                target=_serve,
+                args=(experiment, self.uri, commands, replies, store_ready, i == 0),
+                name=f"mlflow-run-{i}",
+                daemon=True,
             )
-            self._process.start()
+            process.start()
+            self._workers.append((process, commands, replies))
 
     @property
     def active(self) -> bool:
-        return self.enabled and self.error is None and self._process is not None
+        return self.error is None and bool(self._workers)
 
-    def _send(self, *command: Any) -> None:
-        if self.active:
-            self._commands.put(command)
+    def _send(self, handle: int | None, *command: Any) -> None:
+        if handle is not None and self.active:
+            self._workers[handle][1].put(command)
 
     def start_run(self, name: str, params: dict[str, Any], description: str = "", tags: dict[str, str] | None = None) -> int | None:
-        if not self.active:
+        if not self.active or self._started == len(self._workers):
             return None
-        self._next += 1
-        self._send("start", self._next, name, params, description, tags)
-        return self._next
+        handle, self._started = self._started, self._started + 1
+        self._send(handle, "start", name, params, description, tags)
+        return handle
 
     def log_metrics(self, handle: int | None, step: np.ndarray, values: dict[str, np.ndarray]) -> None:
-        if handle is not None and len(step):
-            self._send("metrics", handle, np.asarray(step), {k: np.asarray(v) for k, v in values.items()})
+        if len(step):
+            self._send(handle, "metrics", np.asarray(step), {k: np.asarray(v) for k, v in values.items()})
 
     def flush(self, handle: int | None) -> None:
-        if handle is not None:
-            self._send("flush", handle)
+        self._send(handle, "flush")
 
     def log_artifact(self, handle: int | None, path: str | Path) -> None:
-        if handle is not None:
-            self._send("artifact", handle, str(path))
+        self._send(handle, "artifact", str(path))
 
     def finish(self, handle: int | None, status: str = "FINISHED") -> None:
-        if handle is not None:
-            self._send("finish", handle, status)
+        self._send(handle, "finish", status)
 
     def close(self, timeout: float = 600.0) -> None:
-        """Wait until the child has recorded everything (a second Ctrl-C stops it)."""
-        if self._process is None:
-            return
+        """Wait until the children have recorded everything (a second Ctrl-C stops them)."""
         import queue
 
-        process, self._process = self._process, None
+        workers, self._workers = self._workers, []
+        deadline = time.monotonic() + timeout
         try:
-            self._commands.put(("close", 0))
-            while True:
-                try:
-                    self._runs, error = self._replies.get(timeout=0.5)
-                    break
-                except queue.Empty:
-                    if not process.is_alive():
-                        error = f"the recording process stopped (exit code {process.exitcode})"
+            for _, commands, _ in workers:
+                commands.put(("close",))
+            for process, _, replies in workers:
+                while True:
+                    try:
+                        runs, error = replies.get(timeout=0.5)
                         break
-                    timeout -= 0.5
-                    if timeout <= 0:
-                        error = "the recording process did not finish in time"
-                        break
-            self.error = self.error or error
-            process.join(timeout=5)
+                    except queue.Empty:
+                        if not process.is_alive():
+                            runs, error = [], f"the recording process stopped (exit code {process.exitcode})"
+                            break
+                        if time.monotonic() > deadline:
+                            runs, error = [], "the recording process did not finish in time"
+                            break
+                self._runs.extend(runs)
+                self.error = self.error or error
+                process.join(timeout=5)
         except KeyboardInterrupt:
             self.error = self.error or "stopped by Ctrl-C while recording the runs"
         finally:
-            if process.is_alive():
-                process.terminate()
+            for process, _, _ in workers:
+                if process.is_alive():
+                    process.terminate()
 
     def describe_runs(self) -> list[dict[str, str]]:
         return list(self._runs)
 
 
-def open_tracker(experiment: str, enabled: bool = True, background: bool | None = None) -> Tracker | BackgroundTracker:
-    """A tracker for ``experiment``: in a child process where ``fork`` exists (by default)."""
+def open_tracker(experiment: str, runs: int = 1, enabled: bool = True, background: bool | None = None) -> Tracker | BackgroundTracker:
+    """A tracker for ``runs`` runs of ``experiment``: in child processes where ``fork`` exists."""
     import multiprocessing
 
     if background is None:
         background = "fork" in multiprocessing.get_all_start_methods()
     if background and enabled:
-        return BackgroundTracker(experiment, enabled=enabled)
+        return BackgroundTracker(experiment, runs=runs)
     return Tracker(experiment, enabled=enabled)
