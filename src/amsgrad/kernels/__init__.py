@@ -22,6 +22,8 @@ Which implementation runs, per param group (the ``foreach`` and ``fused`` settin
 A subclass that overrides a hook (``init_state``, ``get_mv``, ``get_lr``,
 ``bias_corrections``, ``adam_update``, ``step_param``) always takes the readable path, since
 only that path calls the hooks; asking it for ``fused=True`` or ``foreach=True`` is refused.
+A group whose ``state_dtype`` is wider than one of its parameters takes the readable path too
+(``Adam._step_group`` decides; ``fused=True``/``foreach=True`` with a ``state_dtype`` are refused).
 
 Which fused kernel updates a tensor:
 

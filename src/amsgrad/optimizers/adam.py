@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import torch
 
 from .. import kernels
-from ._validation import check_bool
+from ._validation import check_bool, check_state_dtype
 from .generic import GenericAdaptiveOptimizer, ParamGroup, ParamState
 from .weight_decay import WeightDecay
 
@@ -75,6 +75,25 @@ class Adam(GenericAdaptiveOptimizer):
             ``False``, the multi-tensor step. Both ``None`` (default): the fastest correct path.
         nonfinite: ``"propagate"``, ``"skip"`` or ``"raise"``: what a step does when a gradient
             holds ``inf``/``NaN`` (see :mod:`amsgrad.optimizers.nonfinite`).
+        state_dtype: ``None`` (default): the state has the parameter's dtype, as in
+            ``torch.optim``; ``torch.float32`` or ``torch.float64``: the state (``exp_avg``,
+            ``exp_avg_sq``, ``max_exp_avg_sq``) and the arithmetic of the step are at least
+            that wide, never narrower than the parameter (so float64 parameters keep float64
+            state). Anything else is an error.
+
+    Low-precision parameters: with float16 or bfloat16 parameters and ``state_dtype=None`` the
+    moments are float16/bfloat16 too, and in float16 the default ``eps=1e-16`` is 0 while
+    :math:`v_t` underflows, so the update divides by 0 (NaN within a few steps).
+    ``state_dtype=torch.float32`` keeps the moments in float32 and computes the step there, on a
+    float32 copy of θ that is rounded back to the parameter's dtype once per step (round to
+    nearest even). It is not a float32 master copy of the parameters: an update smaller than
+    half a unit in the last place of θ is still lost, which is why bfloat16 parameters (8
+    significant bits) stall at about twice float32's loss with either state dtype. The groups
+    where it widens a parameter's state run on the readable path (``foreach=True`` and
+    ``fused=True`` are refused with a ``state_dtype``); groups whose parameters are already as
+    wide keep the fast path and are bit-identical to ``state_dtype=None``. The setting lives in
+    the param groups, and ``load_state_dict`` keeps such a state in its dtype (``torch.optim``
+    would round it to the parameter's).
 
     Extension points (override any, in a subclass): :meth:`init_state`, :meth:`get_mv`,
     :meth:`get_lr`, :meth:`bias_corrections`, :meth:`adam_update`, :meth:`step_param`.
@@ -117,9 +136,11 @@ class Adam(GenericAdaptiveOptimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         nonfinite: str = "propagate",
+        state_dtype: torch.dtype | None = None,
     ):
         defaults = {} if defaults is None else dict(defaults)
         defaults.update(
+            state_dtype=state_dtype,
             weight_decay=weight_decay,
             optimized_update=optimized_update,
             bias_correction=bias_correction,
@@ -135,6 +156,7 @@ class Adam(GenericAdaptiveOptimizer):
         try:
             check_bool("optimized_update", group["optimized_update"])
             check_bool("bias_correction", group["bias_correction"])
+            check_state_dtype("state_dtype", group["state_dtype"])
             _check_implementation(group, _overridden_hooks(type(self)))
         except (TypeError, ValueError) as error:
             raise type(error)(f"{where}{error}") from None
@@ -142,17 +164,25 @@ class Adam(GenericAdaptiveOptimizer):
     def _step_group(self, group: ParamGroup, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """The readable loop, or the fast path that ``foreach``/``fused`` pick (:mod:`amsgrad.kernels`)."""
         choice = kernels.implementation(group, _overridden_hooks(type(self)))
+        if group.get("state_dtype") is not None and any(self._state_dtype(group, p) != p.dtype for p in params):
+            choice = "readable"  # only the readable path keeps a state wider than its parameter
         if choice == "readable":
             super()._step_group(group, params, grads)
         else:
             kernels.step_group(self, group, params, grads, choice)
 
+    def _state_dtype(self, group: ParamGroup, param: torch.Tensor) -> torch.dtype:
+        """The wider of the parameter's dtype and the group's ``state_dtype`` (None: the parameter's)."""
+        state_dtype = group.get("state_dtype")
+        return param.dtype if state_dtype is None else torch.promote_types(param.dtype, state_dtype)
+
     # ------------------------------------------------------------------ hooks
     def init_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor) -> None:
-        """``step`` = 0 and :math:`m_0 = v_0 = 0`, shaped like the parameter."""
+        """``step`` = 0 and :math:`m_0 = v_0 = 0`, shaped like the parameter, in the state's dtype."""
+        dtype = self._state_dtype(group, param)
         state["step"] = _new_step_counter()
-        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
 
     def get_mv(self, state: ParamState, group: ParamGroup, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Update the moving averages in place and return :math:`(m_t, v_t)`."""
@@ -193,11 +223,20 @@ class Adam(GenericAdaptiveOptimizer):
         param.addcdiv_(m, denominator, value=-step_size)
 
     def step_param(self, state: ParamState, group: ParamGroup, grad: torch.Tensor, param: torch.Tensor) -> None:
-        """Weight decay, then :math:`t \\leftarrow t + 1`, the moments, and the update."""
-        grad = WeightDecay.apply(param, grad, group, self.get_lr(state, group))
+        """Weight decay, then :math:`t \\leftarrow t + 1`, the moments, and the update.
+
+        With a ``state_dtype`` wider than the parameter, all of it is computed in that dtype
+        on a copy of the parameter, which is rounded back into the parameter once, at the end.
+        """
+        work, dtype = param, self._state_dtype(group, param)
+        if dtype != param.dtype:
+            work, grad = param.to(dtype), grad.to(dtype)
+        grad = WeightDecay.apply(work, grad, group, self.get_lr(state, group))
         state["step"] += 1
         m, v = self.get_mv(state, group, grad)
-        self.adam_update(state, group, param, m, v)
+        self.adam_update(state, group, work, m, v)
+        if work is not param:
+            param.copy_(work)
 
 
 _OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {}
@@ -218,6 +257,12 @@ def _check_implementation(group: ParamGroup, overridden_hooks: tuple[str, ...]) 
     if fused and foreach:
         raise ValueError("Invalid fused: True with foreach=True (choose one; None lets the optimizer choose)")
     for key, value in (("fused", fused), ("foreach", foreach)):
+        if value and group.get("state_dtype") is not None:
+            raise ValueError(
+                f"Invalid {key}: True with state_dtype={group['state_dtype']}: only the readable per-tensor path "
+                f"keeps a state wider than its parameter (use {key}=None, which takes the fast path for "
+                f"parameters already as wide as state_dtype)"
+            )
         if value and overridden_hooks:
             raise ValueError(
                 f"Invalid {key}: True for a subclass that overrides {', '.join(overridden_hooks)}: only the "

@@ -71,7 +71,7 @@ class AMSGrad(Adam):
 
     Args:
         params, lr, betas, eps, weight_decay, optimized_update, maximize, bias_correction,
-        foreach, fused, nonfinite: as for :class:`~amsgrad.Adam` (implementations too: a
+        foreach, fused, nonfinite, state_dtype: as for :class:`~amsgrad.Adam` (implementations too: a
         subclass that overrides a hook runs on the readable path).
         amsgrad: keep the running maximum (``False`` falls back to Adam).
         defaults: extra param-group settings, for subclasses (never modified).
@@ -113,6 +113,7 @@ class AMSGrad(Adam):
         foreach: bool | None = None,
         fused: bool | None = None,
         nonfinite: str = "propagate",
+        state_dtype: torch.dtype | None = None,
     ):
         defaults = {} if defaults is None else dict(defaults)
         defaults.update(amsgrad=amsgrad, max_of=max_of)
@@ -129,6 +130,7 @@ class AMSGrad(Adam):
             nonfinite=nonfinite,
             foreach=foreach,
             fused=fused,
+            state_dtype=state_dtype,
         )
 
     def validate_group(self, group: ParamGroup, where: str) -> None:
@@ -143,7 +145,7 @@ class AMSGrad(Adam):
         """Adam's state, plus :math:`\\hat{v}_0 = 0` (``max_exp_avg_sq``) when ``amsgrad``."""
         super().init_state(state, group, param)
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"], memory_format=torch.preserve_format)
 
     def get_mv(self, state: ParamState, group: ParamGroup, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:math:`(m_t, \\hat{v}_t)`; Adam's :math:`(m_t, v_t)` when ``amsgrad`` is off."""

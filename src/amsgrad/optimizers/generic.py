@@ -136,19 +136,44 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
         super().add_param_group(group)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As ``torch.optim``, except that the optimizer never shares tensors with ``state_dict``.
+        """As ``torch.optim``, except that the optimizer never shares tensors with ``state_dict``,
+        and state tensors keep the dtype :meth:`_state_dtype` asks for.
 
         ``torch.optim`` adopts each saved state tensor that already has the parameter's dtype
         and device, so an optimizer loaded from another's live ``state_dict()``, or two loaded
         from one dict, would advance the same moments and step counters. Those tensors are
         copied here; tensors that ``torch.optim`` already converted are not copied twice.
+
+        ``torch.optim`` also casts every floating state tensor (but ``step``) to the
+        parameter's dtype, which would round a float32 state of a bfloat16 parameter to
+        bfloat16. Where :meth:`_state_dtype` is wider than the parameter, the state is
+        converted again, from the dict's own tensors, to that dtype.
         """
         given = {id(value) for state in state_dict.get("state", {}).values() for value in state.values()}
         super().load_state_dict(state_dict)
+        self._restore_state_dtypes(state_dict)
         for state in self.state.values():
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and id(value) in given:
                     state[key] = value.clone()
+
+    def _state_dtype(self, group: ParamGroup, param: torch.Tensor) -> torch.dtype:
+        """The dtype of ``param``'s state tensors: the parameter's own, as in ``torch.optim``."""
+        return param.dtype
+
+    def _restore_state_dtypes(self, state_dict: dict[str, Any]) -> None:
+        """Undo ``torch.optim``'s cast to the parameter's dtype where the state is kept wider."""
+        saved_ids = (saved_id for group in state_dict["param_groups"] for saved_id in group["params"])
+        owners = ((group, param) for group in self.param_groups for param in group["params"])
+        for saved_id, (group, param) in zip(saved_ids, owners):
+            saved = state_dict["state"].get(saved_id)
+            dtype = self._state_dtype(group, param)
+            if saved is None or dtype == param.dtype:
+                continue
+            state = self.state[param]
+            for key, value in saved.items():
+                if key != "step" and isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+                    state[key] = value.to(device=param.device, dtype=dtype, copy=True)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
