@@ -7,8 +7,8 @@ call, MLflow's limit), never one call per point.
 
 MLflow's SQL store spends about 70 µs of CPU per metric value (SQLAlchemy ORM), 2 s for each
 of the default runs' 30,000 values, so :class:`BackgroundTracker` records each run in a child
-process while the command computes and plots: :func:`open_tracker` picks it where ``fork``
-is available.
+process while the command computes and plots: :func:`open_tracker` picks it on Linux, where
+``fork`` is safe.
 
 A tracker never raises. The first error (an unreachable server, a read-only database…) turns
 it off and is kept in :attr:`Tracker.error`; the caller reports it once and exits non-zero,
@@ -369,11 +369,11 @@ class BackgroundTracker:
 
 
 def open_tracker(experiment: str, runs: int = 1, enabled: bool = True, background: bool | None = None) -> Tracker | BackgroundTracker:
-    """A tracker for ``runs`` runs of ``experiment``: in child processes where ``fork`` exists."""
+    """A tracker for ``runs`` runs of ``experiment``: in child processes on Linux, else in process."""
     import multiprocessing
 
-    if background is None:
-        background = "fork" in multiprocessing.get_all_start_methods()
+    if background is None:  # fork is safe and cheap on Linux; macOS's system libraries dislike it
+        background = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
     if background and enabled:
         return BackgroundTracker(experiment, runs=runs)
     return Tracker(experiment, enabled=enabled)
