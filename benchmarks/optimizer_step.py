@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"layouts to run (default: all of {list(LAYOUTS)})")
     parser.add_argument("--configs", nargs="*", default=None, metavar="NAME",
                         help="configurations to run (default: all; names as printed)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per cell (default 7)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per cell (default 5)")
     parser.add_argument("--fast-only", action="store_true",
                         help="time ours fast and torch fused only (skips the slow for-loop paths)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])

@@ -250,3 +250,13 @@ def test_compiled_step_gives_the_eager_results():
         eager.step()
         step()
     assert_close_runs(eager, params_eager, compiled, params_compiled, exact=False)
+
+
+def test_the_step_benchmark_runs_on_a_tiny_layout(monkeypatch, capsys):
+    # Keeps `make bench` from rotting; it asserts nothing about timings.
+    from benchmarks import optimizer_step
+
+    monkeypatch.setitem(optimizer_step.LAYOUTS, "tiny", ([10, 3], 1))
+    optimizer_step.main(["--layouts", "tiny", "--rounds", "1", "--configs", "amsgrad", "amsgrad max corrected"])
+    out = capsys.readouterr().out
+    assert "tiny: median ms per step" in out and "amsgrad max corrected" in out

@@ -249,13 +249,20 @@ def _native_settings(s: StepSettings, step_is_double: bool) -> native.NativeSett
     )
 
 
-def _torch_fused_devices() -> tuple[str, ...]:
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+_FUSED_DEVICES: tuple[str, ...] = ()
 
-        return tuple(_get_fused_kernels_supported_devices())
-    except ImportError:  # an older or newer torch: the two we know
-        return ("cpu", "cuda")
+
+def _torch_fused_devices() -> tuple[str, ...]:
+    """The device types torch has a fused Adam kernel for."""
+    global _FUSED_DEVICES
+    if not _FUSED_DEVICES:
+        try:
+            from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+            _FUSED_DEVICES = tuple(_get_fused_kernels_supported_devices())
+        except ImportError:  # an older or newer torch: the two we know
+            _FUSED_DEVICES = ("cpu", "cuda")
+    return _FUSED_DEVICES
 
 
 def _impossible_fused(kind: Any, settings: StepSettings, lib: _NativeOnDemand | None) -> str:
