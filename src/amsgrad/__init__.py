@@ -2,10 +2,11 @@
 
 >>> import amsgrad
 >>> sorted(amsgrad.__all__)
-['AMSGrad', 'Adam', 'GenericAdaptiveOptimizer', 'WeightDecay']
+['AMSGrad', 'Adam', 'GenericAdaptiveOptimizer', 'NonFiniteGradientError', 'WeightDecay']
 """
 
 from .optimizers import AMSGrad, Adam, GenericAdaptiveOptimizer, WeightDecay
+from .optimizers.nonfinite import NonFiniteGradientError
 
-__all__ = ["GenericAdaptiveOptimizer", "WeightDecay", "Adam", "AMSGrad"]
+__all__ = ["GenericAdaptiveOptimizer", "WeightDecay", "Adam", "AMSGrad", "NonFiniteGradientError"]
 __version__ = "0.1.0"
