@@ -260,3 +260,22 @@ def test_the_step_benchmark_runs_on_a_tiny_layout(monkeypatch, capsys):
     optimizer_step.main(["--layouts", "tiny", "--rounds", "1", "--configs", "amsgrad", "amsgrad max corrected"])
     out = capsys.readouterr().out
     assert "tiny: median ms per step" in out and "amsgrad max corrected" in out
+
+
+def test_state_of_another_dtype_takes_the_multi_tensor_path():
+    # A float64 state (loaded from a float64 run, say) beside float32 parameters.
+    def make():
+        params = [torch.nn.Parameter(torch.randn(6, generator=torch.Generator().manual_seed(2)))]
+        optimizer = amsgrad.AMSGrad(params, **READABLE)
+        params[0].grad = torch.ones(6)
+        optimizer.step()
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            optimizer.state[params[0]][key] = optimizer.state[params[0]][key].double()
+        return params, optimizer
+
+    (reference_params, reference), (fast_params, fast) = make(), make()
+    fast.param_groups[0].update(foreach=None, fused=None)
+    run(reference, reference_params, range(1, 4))
+    run(fast, fast_params, range(1, 4))
+    assert fast.state[fast_params[0]]["exp_avg"].dtype == torch.float64
+    assert_close_runs(reference, reference_params, fast, fast_params, exact=False)

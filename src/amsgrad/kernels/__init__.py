@@ -40,8 +40,9 @@ anything else                   ``max_of="corrected"``          none: multi-tens
                                                                an error (``fused=True``)
 ==============================  =============================  ==============================
 
-Tensors that are not contiguous (or whose gradient or state is not) take the multi-tensor
-path under any setting, since the fused kernels walk memory linearly. Tensor subclasses
+Tensors that are not contiguous (or whose gradient or state is not), or whose gradient or
+state has another dtype, take the multi-tensor path under any setting, since the fused kernels
+walk memory linearly in one dtype. Tensor subclasses
 (``DTensor`` parameters of FSDP2, say) take it too, by default; ``fused=True`` refuses them.
 """
 
@@ -146,7 +147,8 @@ class _Batch:
                     add_kind(_SUBCLASS)
                 elif (param.is_contiguous() and grad.is_contiguous() and exp_avg.is_contiguous()
                       and exp_avg_sq.is_contiguous() and (maximum is None or maximum.is_contiguous())
-                      and grad.dtype == param.dtype):
+                      and grad.dtype == exp_avg.dtype == exp_avg_sq.dtype == param.dtype
+                      and (maximum is None or maximum.dtype == param.dtype)):
                     add_kind((param.device, param.dtype, step.device, step.dtype))
                 else:
                     add_kind(_LAYOUT)
