@@ -254,10 +254,19 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
+# Always; then the first of these that the compiler accepts (best first: OpenMP threads and
+# this CPU's full vector width, then less).
+_FLAGS = (
+    ["-O3", "-fno-math-errno", "-ffp-contract=off"],
+    (["-march=native", "-mprefer-vector-width=512", "-fopenmp"], ["-march=native", "-fopenmp"], ["-fopenmp"],
+     ["-march=native"], []),
+)
+
+
 def _build() -> Path:
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([C_SOURCE, compiler, version, _cpu_signature()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([C_SOURCE, repr(_FLAGS), compiler, version, _cpu_signature()]).encode()).hexdigest()[:16]
     directory = _cache_dir()
     target = directory / f"adam_step_{key}.so"
     if target.exists():
@@ -267,10 +276,9 @@ def _build() -> Path:
         source = Path(scratch) / "adam_step.c"
         source.write_text(C_SOURCE)
         output = Path(scratch) / target.name
-        base = [compiler, "-O3", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC", str(source), "-o", str(output), "-lm"]
+        base = [compiler, *_FLAGS[0], "-shared", "-fPIC", str(source), "-o", str(output), "-lm"]
         errors = []
-        # Best first: OpenMP threads and this CPU's vector width; then less.
-        for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []):
+        for extra in _FLAGS[1]:
             result = subprocess.run(base[:1] + extra + base[1:], capture_output=True, text=True, timeout=120)
             if result.returncode == 0:
                 break
