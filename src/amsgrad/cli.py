@@ -209,6 +209,24 @@ def _warn(prog: str, text: str) -> None:
     print(f"{prog}: warning: {text}", file=sys.stderr)
 
 
+def _print_document(args, document, problem, heading: str, table: str, out: Path, tracker) -> None:
+    """The results as JSON (``--json``) or as the table with where everything was saved."""
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return
+    lines = [
+        f"{problem.setting} problem: {problem.description}, x in [-1, 1], x* = -1",
+        heading,
+        "",
+        table,
+        "",
+        f"plot     {document['plot'] or 'not drawn'}",
+        f"results  {out / 'results.json'}",
+        *_tracking_lines(tracker),
+    ]
+    print("\n".join(lines))
+
+
 def _tracking_lines(tracker) -> list[str]:
     if not tracker.enabled:
         return ["runs     not recorded (--no-track)"]
@@ -291,20 +309,8 @@ def _synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     document = report.synthetic_json(results, plot=document["plot"], runs=tracker.describe_runs(), out=str(out), tracking_error=tracker.error)
     report.write_json(out / "results.json", document)
 
-    if args.json:
-        print(json.dumps(document, indent=2))
-    else:
-        lines = [
-            f"{problem.setting} problem: {problem.description}, x in [-1, 1], x* = -1",
-            f"{settings.describe()}, {args.steps:,} steps, {args.engine} engine",
-            "",
-            table,
-            "",
-            f"plot     {document['plot'] or 'not drawn'}",
-            f"results  {out / 'results.json'}",
-            *_tracking_lines(tracker),
-        ]
-        print("\n".join(lines))
+    heading = f"{settings.describe()}, {args.steps:,} steps, {args.engine} engine"
+    _print_document(args, document, problem, heading, table, out, tracker)
     return _exit_status(parser.prog, tracker, interrupted, out)
 
 
@@ -377,20 +383,11 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     document = report.sweep_json(result, plot=document["plot"], runs=tracker.describe_runs(), out=str(out), tracking_error=tracker.error)
     report.write_json(out / "results.json", document)
 
-    if args.json:
-        print(json.dumps(document, indent=2))
-    else:
-        lines = [
-            f"{problem.setting} problem: {problem.description}, x in [-1, 1], x* = -1",
-            f"{settings.describe(betas=False)}, {args.steps:,} steps, beta1 {beta1s[0]:g}..{beta1s[-1]:g} x beta2 {beta2s[0]:g}..{beta2s[-1]:g} ({rows}x{columns})",
-            "",
-            table,
-            "",
-            f"plot     {document['plot'] or 'not drawn'}",
-            f"results  {out / 'results.json'}",
-            *_tracking_lines(tracker),
-        ]
-        print("\n".join(lines))
+    heading = (
+        f"{settings.describe(betas=False)}, {args.steps:,} steps, "
+        f"beta1 {beta1s[0]:g}..{beta1s[-1]:g} x beta2 {beta2s[0]:g}..{beta2s[-1]:g} ({rows}x{columns})"
+    )
+    _print_document(args, document, problem, heading, table, out, tracker)
     return _exit_status(parser.prog, tracker, interrupted, out)
 
 
