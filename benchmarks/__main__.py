@@ -29,18 +29,23 @@ def main(argv: list[str]) -> int:
             print(f"python -m benchmarks: unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})",
                   file=sys.stderr)
             return 2
-        entry(rest)
-        return 0
+        return _status(entry(rest))
     if argv:
         print("usage: python -m benchmarks [NAME [OPTIONS]]", file=sys.stderr)
         return 2
+    status = 0
     for name in BENCHMARKS:
         entry = _load(name)
         if entry is not None:
             print(f"== {name} ==", flush=True)
-            entry([])
+            status = status or _status(entry([]))
             print()
-    return 0
+    return status
+
+
+def _status(result) -> int:
+    """A benchmark's ``main`` may return an exit status; ``None`` means success."""
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
