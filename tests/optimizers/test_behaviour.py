@@ -267,7 +267,7 @@ def test_a_subclass_that_overrides_a_hook_keeps_working():
 
     params_sub, params_sched = make_params(), make_params()
     subclass = WarmupAMSGrad(params_sub, lr=0.05)
-    plain = amsgrad.AMSGrad(params_sched, lr=0.05)
+    plain = amsgrad.AMSGrad(params_sched, lr=0.05, foreach=False)  # the subclass runs readable too
     scheduler = torch.optim.lr_scheduler.LambdaLR(plain, lambda k: min(1.0, (k + 1) / 10))
     for step in range(15):
         for params, optimizer in ((params_sub, subclass), (params_sched, plain)):
@@ -275,7 +275,7 @@ def test_a_subclass_that_overrides_a_hook_keeps_working():
                 param.grad = grad
             optimizer.step()
         scheduler.step()
-    assert_same_run(subclass, params_sub, plain, params_sched, exact=False, atol=1e-15)
+    assert_same_run(subclass, params_sub, plain, params_sched)
 
 
 def test_optimizers_loaded_from_one_state_dict_share_no_state():
