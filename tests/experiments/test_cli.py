@@ -102,6 +102,8 @@ BAD_INPUT = [
     (["--betas", "-0.1", "0.99"], "argument --betas: must be a number in [0, 1)"),
     (["--betas", "0.9"], "argument --betas: expected 2 arguments"),
     (["--eps", "-0.001"], "argument --eps: must be a finite number >= 0"),
+    (["--eps", "-1e-8"], "argument --eps: must be a finite number >= 0, got '-1e-8'"),
+    (["--lr", "-1E+2"], "argument --lr: must be a finite number > 0, got '-1E+2'"),
     (["--setting", "offline"], "argument --setting: invalid choice: 'offline'"),
     (["--optimizers", "adam", "sgd"], "argument --optimizers: invalid choice: 'sgd'"),
     (["--engine", "jax"], "argument --engine: invalid choice: 'jax'"),
