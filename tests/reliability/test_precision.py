@@ -14,30 +14,12 @@ import math
 
 import torch
 
-import amsgrad
 
-STEPS = 300
+from .small_model import train_small_mlp
 
 
 def loss_curve(dtype, autocast=None, **settings) -> list[float]:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).to(dtype)
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(256, 8, generator=generator)
-    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]
-    optimizer = amsgrad.AMSGrad(model.parameters(), lr=1e-2, **settings)
-    losses = []
-    for _ in range(STEPS):
-        optimizer.zero_grad()
-        if autocast is None:
-            out = model(x.to(dtype))
-        else:
-            with torch.autocast("cpu", dtype=autocast):
-                out = model(x)
-        loss = torch.nn.functional.mse_loss(out.float(), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses, model, optimizer = train_small_mlp(dtype, autocast, **settings)
     for param in model.parameters():
         for key, value in optimizer.state[param].items():
             if key != "step":

@@ -30,34 +30,12 @@ from tests.optimizers.configs import CONFIGS
 from tests.optimizers.helpers import assert_same_run, clone_params, gradients, make_params, run_steps
 from tests.optimizers.reference import initial_state, reference_step
 
-STEPS = 300
+from .small_model import train_small_mlp
 
 
 def loss_curve(dtype: torch.dtype, **settings) -> tuple[list[float], dict[str, torch.dtype]]:
-    """The losses of the small MLP, and the dtypes of one parameter's state (on one thread:
-    the model is too small to gain from more, and a busy machine makes them slow)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _loss_curve(dtype, **settings)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _loss_curve(dtype: torch.dtype, **settings) -> tuple[list[float], dict[str, torch.dtype]]:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).to(dtype)
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(256, 8, generator=generator)
-    y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]
-    optimizer = amsgrad.AMSGrad(model.parameters(), lr=1e-2, **settings)
-    losses = []
-    for _ in range(STEPS):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    """The losses of the small MLP, and the dtypes of one parameter's state."""
+    losses, model, optimizer = train_small_mlp(dtype, **settings)
     weight = model[0].weight
     assert weight.dtype == dtype
     return losses, {key: value.dtype for key, value in optimizer.state[weight].items() if key != "step"}
