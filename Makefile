@@ -17,6 +17,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/amsgrad synthetic
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

@@ -290,6 +290,6 @@ def test_optimizers_loaded_from_one_state_dict_share_no_state():
     run_steps(loaded[0], copies[0], range(3, 5))
     run_steps(loaded[1], copies[1], range(3, 5))
     run_steps(source, params, range(3, 5))  # the source, still live, goes on by itself too
-    for optimizer, copy in zip([source, *loaded], [params, *copies]):
-        assert [float(optimizer.state[p]["step"]) for p in copy] == [5.0] * len(copy)
-        assert_same_run(optimizer, copy, loaded[0], copies[0])
+    for optimizer, twin in zip([source, *loaded], [params, *copies]):
+        assert [float(optimizer.state[p]["step"]) for p in twin] == [5.0] * len(twin)
+        assert_same_run(optimizer, twin, loaded[0], copies[0])
