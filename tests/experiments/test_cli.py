@@ -247,3 +247,35 @@ def test_sweep_end_to_end(run_cli, tmp_path):
     assert run.info.status == "FINISHED" and run.data.params["grid"] == "4x3"
     assert "sweep.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert client.get_experiment_by_name("sweep").experiment_id == run.info.experiment_id
+
+
+def test_progress_bar_shows_on_a_terminal_and_only_there(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    primary, secondary = pty.openpty()
+    # A terminal of 24 rows and 80 columns (a new pty has 0 x 0, where tqdm shows nothing).
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    process = subprocess.Popen(
+        [*COMMAND, "synthetic", "--no-track", "--steps", "2e6", "--out", str(tmp_path / "out")],
+        cwd=tmp_path, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary,
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    stdout, _ = process.communicate(timeout=120)
+    os.close(primary)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert process.returncode == 0, terminal
+    assert "%|" in terminal  # tqdm's bar, on stderr
+    assert "%|" not in stdout.decode() and "AMSGrad" in stdout.decode()  # the table stays clean
