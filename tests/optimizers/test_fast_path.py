@@ -112,6 +112,62 @@ def test_fast_path_equals_readable_path(config, path, device, monkeypatch):
     assert_close_runs(reference, reference_params, fast, fast_params, exact=exact)
 
 
+
+def make_uniform_problem(device: str = "cpu") -> list[torch.nn.Parameter]:
+    """One device, one dtype, all contiguous: the group the kinds are found for without a per-tensor loop."""
+    generator = torch.Generator().manual_seed(2)
+    shapes = [(3, 4), (5,), (), (0,), (2, 1, 3), (6,), (4,), (3,), (2, 2), (7,)]
+    return [torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(device))
+            for shape in shapes]
+
+
+@pytest.mark.parametrize("path", ["default", "default-without-c"])
+@pytest.mark.parametrize("config", CONFIGS, ids=repr)
+def test_a_uniform_group_equals_the_readable_path(config, path, monkeypatch):
+    overrides, backends = FAST_PATHS[path]
+    monkeypatch.setattr(kernels, "CPU_FUSED_BACKENDS", backends)
+    reference_params, fast_params = make_uniform_problem(), make_uniform_problem()
+    reference, fast = config.make(reference_params, **READABLE), config.make(fast_params, **overrides)
+    assert len(reference_params) - 2 >= kernels._SHORTCUT_MIN_TENSORS  # parameters 7 and 8 miss gradients
+    run(reference, reference_params)  # parameter 8 has a gradient every other step: two step values
+    run(fast, fast_params)
+    assert_close_runs(reference, reference_params, fast, fast_params, exact=False)
+
+
+# Ways in which the fifth tensor of a uniform group can differ from the others: (params, grads, state) -> None.
+ODD_ONE_OUT = {
+    "none": lambda params, grads, state: None,
+    "float64 step": lambda params, grads, state: state.update(step=state["step"].double()),
+    "meta step": lambda params, grads, state: state.update(step=state["step"].to("meta")),
+    "non-contiguous moment": lambda params, grads, state: state.update(exp_avg=torch.zeros(3, 2, dtype=torch.float64).t()),
+    "float32 maximum": lambda params, grads, state: state.update(max_exp_avg_sq=state["max_exp_avg_sq"].float()),
+    "float32 gradient": lambda params, grads, state: grads.__setitem__(4, grads[4].float()),
+    "non-contiguous gradient": lambda params, grads, state: grads.__setitem__(4, torch.ones(3, 2, dtype=torch.float64).t()),
+    "float32 parameter": lambda params, grads, state: setattr(params[4], "data", params[4].data.float()),
+    "meta parameter": lambda params, grads, state: params.__setitem__(4, torch.nn.Parameter(params[4].to("meta"))),
+}
+
+
+@pytest.mark.parametrize("odd", list(ODD_ONE_OUT))
+def test_kinds_of_a_group_are_those_of_its_tensors(odd):
+    """The shortcut for a group of one kind finds exactly what classifying each tensor finds."""
+    params = [torch.nn.Parameter(torch.randn(2, 3, dtype=torch.float64)) for _ in range(kernels._SHORTCUT_MIN_TENSORS)]
+    optimizer = amsgrad.AMSGrad(params)
+    for param in params:
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    grads = [param.grad for param in params]
+    state = optimizer.state[params[4]]
+    ODD_ONE_OUT[odd](params, grads, state)
+    optimizer.state[params[4]] = state
+    batch = kernels._Batch.gather(optimizer, optimizer.param_groups[0], params, grads, amsgrad=True)
+    expected: dict = {}
+    for index, tensors in enumerate(zip(batch.params, batch.grads, batch.exp_avgs, batch.exp_avg_sqs,
+                                        batch.max_exp_avg_sqs, batch.steps)):
+        expected.setdefault(kernels._kind(*tensors), []).append(index)
+    assert {kind: list(indices) for kind, indices in batch.kinds().items()} == expected
+    assert len(expected) == (1 if odd == "none" else 2)
+
 @pytest.mark.parametrize("config", CONFIGS, ids=repr)
 def test_fused_kernels_take_non_contiguous_tensors_to_the_multi_tensor_path(config):
     def make():

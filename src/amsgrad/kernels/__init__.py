@@ -48,6 +48,7 @@ walk memory linearly in one dtype. Tensor subclasses
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -67,7 +68,7 @@ HOOKS = ("init_state", "get_mv", "get_lr", "bias_corrections", "adam_update", "s
 CPU_FUSED_BACKENDS: tuple[str, ...] = ("native", "torch")
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
 
 
 def implementation(group: dict[str, Any], overridden_hooks: tuple[str, ...]) -> str:
@@ -84,9 +85,8 @@ def step_group(optimizer: torch.optim.Optimizer, group: dict[str, Any], params: 
                grads: list[torch.Tensor], choice: str) -> None:
     """Update ``params`` of ``group`` on the ``"foreach"`` or ``"fused"`` path (see the module map)."""
     settings = StepSettings.from_group(group)
-    fused = choice == "fused"
-    batch = _Batch.gather(optimizer, group, params, grads, settings.max_of is not None, fused)
-    if fused:
+    batch = _Batch.gather(optimizer, group, params, grads, settings.max_of is not None)
+    if choice == "fused":
         batch.run_fused(settings, explicit=group.get("fused") is True)
     else:
         batch.run_foreach(settings, range(len(batch.params)))
@@ -95,64 +95,73 @@ def step_group(optimizer: torch.optim.Optimizer, group: dict[str, Any], params: 
 # Why a tensor cannot take a fused kernel, whatever its device and dtype.
 _SUBCLASS, _LAYOUT = "subclass", "layout"
 
+# From this many tensors on, a group of one kind is found without a Python loop over its tensors
+# (below, the loop is cheaper than the fixed cost of the shortcut).
+_SHORTCUT_MIN_TENSORS = 8
+
+# Attribute readers for ``map``: the per-tensor work of a step runs in C where it can.
+_device, _dtype = attrgetter("device"), attrgetter("dtype")
+_is_contiguous, _item = torch.Tensor.is_contiguous, torch.Tensor.item
+
 
 class _Batch:
     """The group's tensors (complex ones as real views), one list per role.
 
-    For the fused path each tensor also gets a kind: ``(device, dtype, step device, step
-    dtype)``, which decides its kernel, or the reason it has none.
+    For the fused path the tensors are grouped by kind (:meth:`kinds`): ``(device, dtype, step
+    device, step dtype)``, which decides their kernel, or the reason they have none.
     """
 
-    def __init__(self) -> None:
-        self.params: list[torch.Tensor] = []
-        self.grads: list[torch.Tensor] = []
-        self.exp_avgs: list[torch.Tensor] = []
-        self.exp_avg_sqs: list[torch.Tensor] = []
-        self.max_exp_avg_sqs: list[torch.Tensor] | None = None
-        self.steps: list[torch.Tensor] = []
-        self.kinds: list[Any] = []
+    def __init__(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                 exp_avg_sqs: list[torch.Tensor], max_exp_avg_sqs: list[torch.Tensor] | None,
+                 steps: list[torch.Tensor]) -> None:
+        self.params, self.grads, self.steps = params, grads, steps
+        self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs = exp_avgs, exp_avg_sqs, max_exp_avg_sqs
 
     @classmethod
-    def gather(cls, optimizer, group, params, grads, amsgrad: bool, classify: bool) -> "_Batch":
-        batch = cls()
-        states = optimizer.state
-        maxima = batch.max_exp_avg_sqs = [] if amsgrad else None
-        # Bound methods: this loop runs once per tensor per step, so it is kept lean.
-        add_param, add_grad, add_exp_avg = batch.params.append, batch.grads.append, batch.exp_avgs.append
-        add_exp_avg_sq, add_step, add_kind = batch.exp_avg_sqs.append, batch.steps.append, batch.kinds.append
-        maximum = None
-        for param, grad in zip(params, grads):
-            state = states[param]
-            if not state:
-                optimizer.init_state(state, group, param)
-            exp_avg, exp_avg_sq, step = state["exp_avg"], state["exp_avg_sq"], state["step"]
-            if amsgrad:
-                maximum = state.get("max_exp_avg_sq")
-                if maximum is None:  # a group switched to amsgrad, or a plain Adam state loaded
-                    maximum = state["max_exp_avg_sq"] = torch.zeros_like(exp_avg_sq, memory_format=torch.preserve_format)
-            if param.is_complex():
-                param, grad = torch.view_as_real(param), torch.view_as_real(grad)
-                exp_avg, exp_avg_sq = torch.view_as_real(exp_avg), torch.view_as_real(exp_avg_sq)
-                if amsgrad:
-                    maximum = torch.view_as_real(maximum)
-            add_param(param)
-            add_grad(grad)
-            add_exp_avg(exp_avg)
-            add_exp_avg_sq(exp_avg_sq)
-            add_step(step)
-            if amsgrad:
-                maxima.append(maximum)
-            if classify:
-                if type(param) not in _PLAIN or type(grad) not in _PLAIN:  # DTensor and other subclasses
-                    add_kind(_SUBCLASS)
-                elif (param.is_contiguous() and grad.is_contiguous() and exp_avg.is_contiguous()
-                      and exp_avg_sq.is_contiguous() and (maximum is None or maximum.is_contiguous())
-                      and grad.dtype == exp_avg.dtype == exp_avg_sq.dtype == param.dtype
-                      and (maximum is None or maximum.dtype == param.dtype)):
-                    add_kind((param.device, param.dtype, step.device, step.dtype))
-                else:
-                    add_kind(_LAYOUT)
+    def gather(cls, optimizer, group, params, grads, amsgrad: bool) -> "_Batch":
+        # This runs once per tensor per step: one comprehension per role, no per-tensor calls.
+        states = [optimizer.state[param] for param in params]
+        if not all(states):
+            for state, param in zip(states, params):
+                if not state:
+                    optimizer.init_state(state, group, param)
+        maxima = None
+        if amsgrad:  # a state without a maximum (a group switched to amsgrad, a plain Adam state) gets one
+            maxima = [maximum if (maximum := state.get("max_exp_avg_sq")) is not None else _new_maximum(state)
+                      for state in states]
+        batch = cls(list(params), list(grads), [state["exp_avg"] for state in states],
+                    [state["exp_avg_sq"] for state in states], maxima, [state["step"] for state in states])
+        if any(dtype.is_complex for dtype in set(map(_dtype, params))):
+            roles = batch.roles()
+            for index, param in enumerate(params):
+                if param.is_complex():
+                    for role in roles:
+                        role[index] = torch.view_as_real(role[index])
         return batch
+
+    def roles(self) -> list[list[torch.Tensor]]:
+        """The lists that a fused kernel walks element by element: params, grads, moments (and maxima)."""
+        roles = [self.params, self.grads, self.exp_avgs, self.exp_avg_sqs]
+        return roles if self.max_exp_avg_sqs is None else roles + [self.max_exp_avg_sqs]
+
+    def kinds(self) -> dict[Any, range | list[int]]:
+        """The indices of each kind, in order of first appearance."""
+        params, steps = self.params, self.steps
+        if len(params) >= _SHORTCUT_MIN_TENSORS:
+            # The common case, one kind for all: a few passes of C calls instead of a Python loop.
+            first, first_step = params[0], steps[0]
+            kind = (first.device, first.dtype, first_step.device, first_step.dtype)
+            roles = self.roles()
+            if (set(map(type, params)).union(map(type, self.grads)) <= _PLAIN
+                    and all(all(map(_is_contiguous, role)) and _everywhere(_dtype, role, first.dtype) for role in roles)
+                    and _everywhere(_device, params, kind[0])
+                    and _everywhere(_device, steps, kind[2]) and _everywhere(_dtype, steps, kind[3])):
+                return {kind: range(len(params))}
+        maxima = self.max_exp_avg_sqs if self.max_exp_avg_sqs is not None else [None] * len(params)
+        members: dict[Any, list[int]] = {}
+        for index, tensors in enumerate(zip(params, self.grads, self.exp_avgs, self.exp_avg_sqs, maxima, steps)):
+            members.setdefault(_kind(*tensors), []).append(index)
+        return members
 
     def select(self, indices) -> tuple[list[torch.Tensor], ...]:
         """The lists (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps) at ``indices``."""
@@ -169,9 +178,7 @@ class _Batch:
     def run_fused(self, settings: StepSettings, explicit: bool) -> None:
         """Each tensor on the best fused kernel for its kind; the rest multi-tensor (or an error)."""
         lib = _NativeOnDemand() if "native" in CPU_FUSED_BACKENDS else None
-        members: dict[Any, list[int]] = {}
-        for index, kind in enumerate(self.kinds):
-            members.setdefault(kind, []).append(index)
+        members = self.kinds()
         backends = {kind: _backend(kind, settings, lib) for kind in members}
         if explicit:  # refuse before anything changes
             for kind, backend in backends.items():
@@ -185,14 +192,37 @@ class _Batch:
                 leftover.extend(indices)
                 continue
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self.select(_as_range(indices))
+            _, _, step_device, step_dtype = kind
             if backend == "native":
-                native_settings = _native_settings(settings, step_is_double=kind[3] == torch.float64)
+                native_settings = _native_settings(settings, step_is_double=step_dtype == torch.float64)
                 native.adam_step(lib.get(), kind[1], params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
                                  native_settings)
             else:
                 torch_fused_step(settings, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                 _increment_steps(steps, lib))
+                                 _increment_steps(steps, step_device, step_dtype, lib))
         self.run_foreach(settings, sorted(leftover))
+
+
+def _everywhere(attribute: attrgetter, tensors: list[torch.Tensor], value: Any) -> bool:
+    """Whether every tensor's ``attribute`` equals ``value``."""
+    return list(map(attribute, tensors)).count(value) == len(tensors)
+
+
+def _new_maximum(state: dict[str, Any]) -> torch.Tensor:
+    maximum = state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"], memory_format=torch.preserve_format)
+    return maximum
+
+
+def _kind(param, grad, exp_avg, exp_avg_sq, maximum, step) -> Any:
+    """The kind of one tensor and its companions: what :meth:`_Batch.kinds` finds for a mixed group."""
+    if type(param) not in _PLAIN or type(grad) not in _PLAIN:  # DTensor and other subclasses
+        return _SUBCLASS
+    if (param.is_contiguous() and grad.is_contiguous() and exp_avg.is_contiguous()
+            and exp_avg_sq.is_contiguous() and (maximum is None or maximum.is_contiguous())
+            and grad.dtype == exp_avg.dtype == exp_avg_sq.dtype == param.dtype
+            and (maximum is None or maximum.dtype == param.dtype)):
+        return (param.device, param.dtype, step.device, step.dtype)
+    return _LAYOUT
 
 
 def _backend(kind: Any, settings: StepSettings, lib: "_NativeOnDemand | None") -> str | None:
@@ -227,13 +257,15 @@ def _as_range(indices: list[int]):
     return range(len(indices)) if indices[-1] == len(indices) - 1 else indices
 
 
-def _increment_steps(steps: list[torch.Tensor], lib: _NativeOnDemand | None) -> list[float]:
-    """Add 1 to each step and return the new values (one C call for CPU steps, if we have C)."""
-    first = steps[0]
-    if first.device.type == "cpu" and first.dtype in _NATIVE_DTYPES and lib is not None and lib.get() is not None \
-            and all(step.device.type == "cpu" and step.dtype == first.dtype for step in steps):
-        return native.increment_steps(lib.get(), steps, first.dtype == torch.float64)
+def _increment_steps(steps: list[torch.Tensor], device: torch.device, dtype: torch.dtype,
+                     lib: _NativeOnDemand | None) -> list[float]:
+    """Add 1 to each step (all on ``device``, of ``dtype``) and return the new values (one C call for
+    CPU steps, if we have C)."""
+    if device.type == "cpu" and dtype in _NATIVE_DTYPES and lib is not None and lib.get() is not None:
+        return native.increment_steps(lib.get(), steps, dtype == torch.float64)
     torch._foreach_add_(steps, 1)
+    if device.type == "cpu":  # no synchronisation to save: one read each is cheaper than a stack
+        return list(map(_item, steps))
     return read_steps(steps)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Callable, Iterable
 
 import torch
@@ -211,17 +212,15 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
 
     def _gather(self, group: ParamGroup) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The group's parameters that have gradients, with the gradients; refuse sparse ones."""
-        params, grads = [], []
-        for param in group["params"]:
-            if param.grad is None:
-                continue
-            if param.grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients (got one for a parameter "
-                    f"of shape {tuple(param.shape)}); use torch.optim.SparseAdam, or a dense gradient"
-                )
-            params.append(param)
-            grads.append(param.grad)
+        # Comprehensions, not a loop with appends: this runs once per tensor per step.
+        params = [param for param in group["params"] if param.grad is not None]
+        grads = [param.grad for param in params]
+        if any(map(_is_sparse, grads)):
+            param = next(param for param, grad in zip(params, grads) if grad.is_sparse)
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients (got one for a parameter "
+                f"of shape {tuple(param.shape)}); use torch.optim.SparseAdam, or a dense gradient"
+            )
         return params, grads
 
     def _step_group(self, group: ParamGroup, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
@@ -250,6 +249,9 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
             if isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == real_param.shape:
                 value = torch.view_as_complex(value)
             state[key] = value
+
+
+_is_sparse = attrgetter("is_sparse")
 
 
 def _is_complex_tensor(value: Any) -> bool:
