@@ -151,15 +151,12 @@ class Adam(GenericAdaptiveOptimizer):
         )
         super().__init__(params, defaults, lr, betas, eps)
 
-    def validate_group(self, group: ParamGroup, where: str) -> None:
-        super().validate_group(group, where)
-        try:
-            check_bool("optimized_update", group["optimized_update"])
-            check_bool("bias_correction", group["bias_correction"])
-            check_state_dtype("state_dtype", group["state_dtype"])
-            _check_implementation(group, _overridden_hooks(type(self)))
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"{where}{error}") from None
+    def validate_group(self, group: ParamGroup) -> None:
+        super().validate_group(group)
+        check_bool("optimized_update", group["optimized_update"])
+        check_bool("bias_correction", group["bias_correction"])
+        check_state_dtype("state_dtype", group["state_dtype"])
+        _check_implementation(group, _overridden_hooks(type(self)))
 
     def _step_group(self, group: ParamGroup, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """The readable loop, or the fast path that ``foreach``/``fused`` pick (:mod:`amsgrad.kernels`)."""

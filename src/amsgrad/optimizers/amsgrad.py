@@ -133,13 +133,10 @@ class AMSGrad(Adam):
             state_dtype=state_dtype,
         )
 
-    def validate_group(self, group: ParamGroup, where: str) -> None:
-        super().validate_group(group, where)
-        try:
-            check_bool("amsgrad", group["amsgrad"])
-            check_choice("max_of", group["max_of"], MAX_OF_CHOICES)
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"{where}{error}") from None
+    def validate_group(self, group: ParamGroup) -> None:
+        super().validate_group(group)
+        check_bool("amsgrad", group["amsgrad"])
+        check_choice("max_of", group["max_of"], MAX_OF_CHOICES)
 
     def init_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor) -> None:
         """Adam's state, plus :math:`\\hat{v}_0 = 0` (``max_exp_avg_sq``) when ``amsgrad``."""

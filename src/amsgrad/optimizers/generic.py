@@ -87,7 +87,7 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
         defaults.setdefault("nonfinite", "propagate")
         defaults.setdefault("skipped_steps", 0)
         defaults.update(WeightDecay.coerce(defaults.pop("weight_decay", None)).defaults())
-        self.validate_group(defaults, where="")
+        self.validate_group(defaults)
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ hooks
@@ -100,27 +100,23 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     # ------------------------------------------------------------- validation
-    def validate_group(self, group: ParamGroup, where: str) -> None:
-        """Check every setting of ``group``; ``where`` prefixes messages (e.g. ``"param group 1: "``).
+    def validate_group(self, group: ParamGroup) -> None:
+        """Check every setting of ``group``, raising ``TypeError``/``ValueError`` on the first bad one.
 
-        Subclasses that add settings extend this and call ``super()``.
+        Subclasses that add settings extend this and call ``super()``; :meth:`add_param_group`
+        prefixes the message with the group's index.
         """
-        try:
-            check_lr("lr", group["lr"])
-            check_betas("betas", group["betas"])
-            check_non_negative("eps", group["eps"])
-            check_non_negative("weight_decay", group["weight_decay"])
-            check_bool("decoupled_weight_decay", group["decoupled_weight_decay"])
-            check_bool("absolute_weight_decay", group["absolute_weight_decay"])
-            check_bool("maximize", group["maximize"])
-            nonfinite.check_group(group)
-            for key in ("foreach", "fused"):
-                if key in group:
-                    check_optional_bool(key, group[key])
-        except (TypeError, ValueError) as error:
-            if not where:
-                raise
-            raise type(error)(f"{where}{error}") from None
+        check_lr("lr", group["lr"])
+        check_betas("betas", group["betas"])
+        check_non_negative("eps", group["eps"])
+        check_non_negative("weight_decay", group["weight_decay"])
+        check_bool("decoupled_weight_decay", group["decoupled_weight_decay"])
+        check_bool("absolute_weight_decay", group["absolute_weight_decay"])
+        check_bool("maximize", group["maximize"])
+        nonfinite.check_group(group)
+        for key in ("foreach", "fused"):
+            if key in group:
+                check_optional_bool(key, group[key])
 
     def add_param_group(self, param_group: ParamGroup) -> None:
         """Add a group; its settings are checked before the optimizer changes at all."""
@@ -132,8 +128,10 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
             group.update(decay.defaults())
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
-        candidate = {**self.defaults, **group}
-        self.validate_group(candidate, where=f"param group {len(self.param_groups)}: ")
+        try:
+            self.validate_group({**self.defaults, **group})
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"param group {len(self.param_groups)}: {error}") from None
         super().add_param_group(group)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
