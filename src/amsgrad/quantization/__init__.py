@@ -1,0 +1,1 @@
+"""Low-memory optimizer state: the formats, defined once, in readable torch code."""

@@ -1,0 +1,122 @@
+r"""Block-wise absmax quantization (Dettmers et al., ICLR 2022), the reference in torch ops.
+
+A flat float32 tensor is cut into blocks of ``B`` elements (the last one may be shorter). Each
+block keeps its scale :math:`s = \max_i |x_i|` in float32 and one code per element, the code
+of :math:`y_i = x_i \cdot r` with :math:`r = 1/s` (rounded to float32, capped at the largest
+float32 so that a zero or subnormal scale stays finite). Decoding is
+:math:`\tilde{x}_i = \mathrm{value}(c_i) \cdot s`, one float32 product. 4-bit codes are packed
+two to a byte, the even element in the low nibble.
+
+**The maximum is rounded up.** AMSGrad's promise is :math:`\hat{v}_t \ge \hat{v}_{t-1}` for
+every element at every step. The quantized kernels compute
+:math:`u_i = \max(\tilde{v}^{\max}_{t-1,i}, v_{t,i})` exactly in float32 and store the block
+with :func:`quantize` ``(round_up=True)``: the new scale is :math:`s' = \max_i u_i`, and each
+element gets the *smallest* code whose decoded value :math:`\mathrm{value}(c) \cdot s'` is
+:math:`\ge u_i` (checked with the decoder's own float32 product, so no rounding in between can
+undo it; the top code decodes to :math:`s'` itself, so such a code always exists). Hence
+:math:`\tilde{v}^{\max}_{t} \ge u \ge \tilde{v}^{\max}_{t-1}`, element by element, at every
+step, in every format.
+
+Why round-to-nearest breaks it: the codes are relative to the block's scale, and the scale
+changes whenever any element of the block sets a new maximum. An element whose maximum did not
+change must then be re-encoded on a new, coarser grid, and the nearest point of that grid is
+below its old value about half the time; one element's spike lowers its neighbours' maxima.
+It is a decrease of up to half a code step (several percent at 8 bits, tens of percent at 4),
+every time a block's scale grows, compounding over steps. torchao's low-bit optimizers
+requantize the maximum to nearest and so let it decrease; bitsandbytes refuses 8-bit AMSGrad.
+Per-element formats (bfloat16) with a monotonic rounding do not have the problem, since the
+old value is representable and rounding maps it to itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .codes import CodeMap
+
+__all__ = ["block_count", "code_bytes", "quantize", "dequantize", "pack", "unpack", "reciprocal_scale"]
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
+#: Blocks whose scale is below this store every maximum as the top code (see :func:`quantize`).
+TINY_SCALE = 2.0**-96
+
+
+def block_count(numel: int, block: int) -> int:
+    return (numel + block - 1) // block
+
+
+def code_bytes(numel: int, bits: int) -> int:
+    """Bytes of codes for ``numel`` elements: one per element at 8 bits, one per two at 4."""
+    return numel if bits == 8 else (numel + 1) // 2
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """int64 codes → uint8 storage (two 4-bit codes per byte, even element low)."""
+    if bits == 8:
+        return codes.to(torch.uint8)
+    if codes.numel() % 2:
+        codes = torch.cat([codes, codes.new_zeros(1)])
+    pairs = codes.reshape(-1, 2)
+    return (pairs[:, 0] | (pairs[:, 1] << 4)).to(torch.uint8)
+
+
+def unpack(storage: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """uint8 storage → int64 codes, ``numel`` of them."""
+    codes = storage.to(torch.int64)
+    if bits == 8:
+        return codes[:numel]
+    return torch.stack([codes & 0xF, codes >> 4], dim=1).reshape(-1)[:numel]
+
+
+def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``x`` (flat) as rows of ``block``, the last row padded with zeros."""
+    pad = (-x.numel()) % block
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad)])
+    return x.reshape(-1, block)
+
+
+def reciprocal_scale(scales: torch.Tensor) -> torch.Tensor:
+    """:math:`r = 1/s` in float32, capped at the largest float32 (a NaN scale gives the cap too)."""
+    r = torch.div(torch.ones_like(scales), scales)
+    return torch.where(r < FLOAT32_MAX, r, torch.full_like(r, FLOAT32_MAX))
+
+
+def quantize(x: torch.Tensor, code_map: CodeMap, block: int, round_up: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (uint8 storage) and float32 scales of the flat float32 tensor ``x``.
+
+    ``round_up=False``: each element gets the code of the value nearest to :math:`x \\cdot r`
+    (half away from zero). ``round_up=True`` (unsigned maps, for the maximum): the smallest code
+    whose decoded value is not below the element (see the module docstring); in a block whose
+    scale is below 2^-96, where a decoded product could underflow, every element gets the top
+    code, whose value is the scale itself.
+    """
+    x = x.reshape(-1).float()
+    numel = x.numel()
+    rows = _blocks(x, block)
+    magnitude = rows.abs() if code_map.signed else rows
+    # The scale propagates NaN (amax does), so a NaN poisons its block, as it would the element.
+    scales = magnitude.amax(dim=1) if numel else x.new_zeros(0)
+    y = rows * reciprocal_scale(scales)[:, None]
+    if not round_up:
+        codes = code_map.encode_nearest(y)
+    else:
+        codes = code_map.encode_up(y)  # the smallest code whose value is >= the element, or one below
+        top = len(code_map.magnitudes) - 1
+        table = code_map.magnitude_table.to(x.device)
+        short = table[codes] * scales[:, None] < rows  # the product the decoder computes
+        codes = torch.where(short, (codes + 1).clamp_(max=top), codes)
+        # Below this scale a product could underflow: the whole block takes the top code (= the scale).
+        tiny = ~(scales >= TINY_SCALE)
+        codes = torch.where(tiny[:, None] & ~torch.isnan(scales)[:, None], torch.full_like(codes, top), codes)
+    return pack(codes.reshape(-1)[:numel], code_map.bits), scales
+
+
+def dequantize(storage: torch.Tensor, scales: torch.Tensor, code_map: CodeMap, block: int, numel: int) -> torch.Tensor:
+    """The float32 values (flat, ``numel``) of codes and scales made by :func:`quantize`."""
+    codes = unpack(storage, code_map.bits, numel)
+    pad = (-numel) % block
+    if pad:
+        codes = torch.cat([codes, codes.new_zeros(pad)])
+    values = code_map.decode(codes).reshape(-1, block) * scales[:, None]
+    return values.reshape(-1)[:numel]
