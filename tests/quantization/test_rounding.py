@@ -52,3 +52,14 @@ def test_random_bits_depend_on_seed_step_role_and_index_only():
     assert len({key, *others}) == 4
     # Roughly uniform bits.
     assert abs(whole.float().mean().item() / 65536 - 0.5) < 0.03
+
+
+def test_sqrt_float32_is_correctly_rounded():
+    import numpy as np
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.rand(200_000, generator=generator) * torch.logspace(-44, 38, 200_000),
+                   torch.tensor([0.0, 1e-45, float("inf"), 4.0, 2.0, 3.4028235e38])])
+    assert (torch.sqrt(x).numpy() != np.sqrt(x.numpy())).any()  # why this function exists
+    assert np.array_equal(rounding.sqrt_float32(x).numpy(), np.sqrt(x.numpy()))
+    assert torch.isnan(rounding.sqrt_float32(torch.tensor([float("nan"), -1.0]))).all()

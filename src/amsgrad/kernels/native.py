@@ -1,17 +1,21 @@
-"""Our own single-pass CPU kernel, in C, compiled on first use and called through ``ctypes``.
+"""Our own single-pass CPU kernels, in C, compiled on first use and called through ``ctypes``.
 
 torch has no kernel for AMSGrad's maximum of bias-corrected :math:`v_t` (``max_of="corrected"``),
 so the package carries one: the whole update of :class:`~amsgrad.AMSGrad` and
-:class:`~amsgrad.Adam`, every variant, in one pass over memory, in float32 or float64. It is
-plain C (no torch headers), so it builds in about a second with the system's C compiler (``cc``,
-or ``$CC``) and is cached on disk, keyed by its source, the compiler and the CPU. Without a
-compiler, or with ``AMSGRAD_NATIVE=0`` in the environment, :func:`library` returns ``None`` and
-the optimizers use the torch-only paths instead; nothing else changes.
+:class:`~amsgrad.Adam`, every variant, in one pass over memory, in float32 or float64
+(``csrc/adam_step.c``), and the same with low-memory state or bfloat16 parameters
+(``csrc/compressed_step.c``, the numbers of :mod:`amsgrad.quantization.step`). The sources are
+plain C files shipped with the package (no torch headers), so they build in a few seconds with
+the system's C compiler (``cc``, or ``$CC``); the result is cached on disk, keyed by the sources,
+the flags, the compiler and the CPU. Without a compiler, or with ``AMSGRAD_NATIVE=0`` in the
+environment, :func:`library` returns ``None`` and the optimizers use the torch-only paths
+instead; nothing else changes. ``AMSGRAD_NATIVE_FLAGS`` replaces the target flags that are
+otherwise tried in turn (``-march=native ... -fopenmp``), e.g. ``"-mavx2 -mfma -fopenmp"``.
 
-The element-wise code follows :meth:`amsgrad.Adam.step_param` operation by operation: the same
-order, the same scalars cast to the tensor's dtype, and a fused multiply-add exactly where
+The float32/float64 code follows :meth:`amsgrad.Adam.step_param` operation by operation: the
+same order, the same scalars cast to the tensor's dtype, and a fused multiply-add exactly where
 torch's CPU op has one. In float64 it usually reproduces the readable path bit for bit; the
-tests allow a relative 1e-12.
+tests allow a relative 1e-12. The compressed kernel reproduces its reference bit for bit.
 """
 
 from __future__ import annotations
@@ -27,150 +31,41 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-__all__ = ["library", "unavailable_reason", "NativeSettings", "adam_step", "increment_steps"]
+__all__ = ["library", "unavailable_reason", "NativeSettings", "NativeLayout", "adam_step", "compressed_step",
+           "increment_steps"]
 
 # Weight-decay modes and maximum modes, as the C code numbers them.
 DECAY_NONE, DECAY_COUPLED, DECAY_SCALE_PARAM = 0, 1, 2
 MAX_NONE, MAX_RAW, MAX_CORRECTED = 0, 1, 2
 
-C_SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
+#: The C sources, package data beside this module (``csrc/``); ``codes_generated.h`` is written at build time.
+SOURCE_DIR = "csrc"
+SOURCES = ("adam_step.c", "compressed_step.c")
+HEADERS = ("step_common.h",)
+GENERATED_HEADER = "codes_generated.h"
 
-typedef struct {
-    double lr, beta1, beta2, eps, weight_decay, decay_factor, sign;
-    int32_t decay_mode, max_mode, optimized_update, bias_correction, step_is_double, num_threads;
-} settings_t;
+# Storage kinds of the compressed kernel, as compressed_step.c numbers them.
+STATE_F32, STATE_BF16_NEAREST, STATE_BF16, STATE_INT8, STATE_INT4 = 0, 1, 2, 3, 4
+PARAM_F32, PARAM_BF16 = 0, 1
 
-/* Per-tensor numbers, from its step t (as Adam.bias_corrections and Adam.adam_update). */
-typedef struct { double neg_step_size, correction2, sqrt_correction2; int32_t divide; } tensor_scalars_t;
 
-enum { CHUNK = 8192, PARALLEL_MIN_ELEMENTS = 1 << 18 }; /* below: one thread, as torch for small tensors */
+def _source_files() -> dict[str, str]:
+    """The kernel sources by file name, with the header generated from the Python code maps."""
+    from ..quantization.codes import c_header
+    from ..quantization.formats import INT4, INT8
 
-static double next_step(void *step, int32_t is_double) {
-    if (is_double) { double *s = (double *)step; *s = *s + 1.0; return *s; }
-    float *s = (float *)step; *s = *s + 1.0f; return (double)*s;
-}
+    folder = resources.files(__package__).joinpath(SOURCE_DIR)
+    files = {name: folder.joinpath(name).read_text(encoding="utf-8") for name in SOURCES + HEADERS}
+    files[GENERATED_HEADER] = c_header({"m8": INT8.exp_avg, "v8": INT8.exp_avg_sq,
+                                        "m4": INT4.exp_avg, "v4": INT4.exp_avg_sq})
+    return files
 
-void amsgrad_increment_steps(int64_t n, void **steps, int32_t is_double, double *values) {
-    for (int64_t i = 0; i < n; ++i) values[i] = next_step(steps[i], is_double);
-}
-
-static tensor_scalars_t scalars_for_step(const settings_t *s, double t) {
-    double c1 = 1.0, c2 = 1.0;
-    if (s->bias_correction) { c1 = 1.0 - pow(s->beta1, t); c2 = 1.0 - pow(s->beta2, t); }
-    /* A maximum of corrected v_t is already corrected: the update uses 1 for 1 - beta2^t. */
-    double c2_update = s->max_mode == 2 ? 1.0 : c2;
-    tensor_scalars_t k;
-    k.correction2 = c2;
-    k.sqrt_correction2 = sqrt(c2_update);
-    if (s->optimized_update) {
-        k.neg_step_size = -(s->lr * sqrt(c2_update) / c1);
-        k.divide = 0;
-    } else {
-        k.neg_step_size = -(s->lr / c1);
-        k.divide = c2_update != 1.0;
-    }
-    return k;
-}
-
-/* One chunk of one tensor. DECAY, MAXMODE and DIVIDE are constants at every call site, so the
-   compiler drops the branches and vectorizes the loop. Each line rounds as the torch op it
-   stands for does on CPU (built with -ffp-contract=off; FMA exactly where torch's kernel has one):
-   add(alpha) is fma(other, alpha, self), addcmul is fma(value * t1, t2, self), addcdiv is
-   self + (value * t1) / t2. */
-#define DEFINE_CHUNK(T, SUFFIX, SQRT, FMA)                                                        \
-static inline __attribute__((always_inline)) void chunk_##SUFFIX(                            \
-        T *restrict p, const T *restrict g, T *restrict m, T *restrict v, T *restrict vm,     \
-        int64_t len, const settings_t *s, const tensor_scalars_t *k,                          \
-        const int DECAY, const int MAXMODE, const int DIVIDE) {                               \
-    const T sign = (T)s->sign, wd = (T)s->weight_decay, factor = (T)s->decay_factor;         \
-    const T b1 = (T)s->beta1, b2 = (T)s->beta2;                                              \
-    const T omb1 = (T)(1.0 - s->beta1), omb2 = (T)(1.0 - s->beta2);                          \
-    const T c2 = (T)k->correction2, sc2 = (T)k->sqrt_correction2, eps = (T)s->eps;           \
-    const T neg_ss = (T)k->neg_step_size;                                                     \
-    for (int64_t i = 0; i < len; ++i) {                                                      \
-        T gi = g[i] * sign;                                                                   \
-        T pi = p[i];                                                                          \
-        if (DECAY == 2) pi = pi * factor;                                                     \
-        if (DECAY == 1) gi = FMA(pi, wd, gi);                                                 \
-        T mi = FMA(gi, omb1, m[i] * b1);                                                      \
-        T vi = FMA(omb2 * gi, gi, v[i] * b2);                                                 \
-        m[i] = mi; v[i] = vi;                                                                 \
-        T u = vi;                                                                             \
-        if (MAXMODE) {                                                                        \
-            T c = MAXMODE == 2 ? vi / c2 : vi;                                                \
-            T a = vm[i];                                                                      \
-            u = (a > c || a != a) ? a : c; /* torch.maximum: NaN wins */                      \
-            vm[i] = u;                                                                        \
-        }                                                                                     \
-        T d = SQRT(u);                                                                        \
-        if (DIVIDE) d = d / sc2;                                                              \
-        d = d + eps;                                                                          \
-        p[i] = pi + (neg_ss * mi) / d;                                                        \
-    }                                                                                         \
-}                                                                                             \
-                                                                                              \
-static void run_chunk_##SUFFIX(T *p, const T *g, T *m, T *v, T *vm, int64_t len,              \
-                               const settings_t *s, const tensor_scalars_t *k) {              \
-    switch (s->decay_mode * 6 + s->max_mode * 2 + k->divide) {                                \
-        case 0: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 0, 0, 0); break;                    \
-        case 1: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 0, 0, 1); break;                    \
-        case 2: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 0, 1, 0); break;                    \
-        case 3: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 0, 1, 1); break;                    \
-        case 4: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 0, 2, 0); break;                    \
-        case 5: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 0, 2, 1); break;                    \
-        case 6: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 1, 0, 0); break;                    \
-        case 7: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 1, 0, 1); break;                    \
-        case 8: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 1, 1, 0); break;                    \
-        case 9: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 1, 1, 1); break;                    \
-        case 10: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 1, 2, 0); break;                   \
-        case 11: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 1, 2, 1); break;                   \
-        case 12: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 2, 0, 0); break;                   \
-        case 13: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 2, 0, 1); break;                   \
-        case 14: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 2, 1, 0); break;                   \
-        case 15: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 2, 1, 1); break;                   \
-        case 16: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 2, 2, 0); break;                   \
-        default: chunk_##SUFFIX(p, g, m, v, vm, len, s, k, 2, 2, 1); break;                   \
-    }                                                                                         \
-}                                                                                             \
-                                                                                              \
-int amsgrad_adam_step_##SUFFIX(int64_t n, T **p, T **g, T **m, T **v, T **vm,                 \
-                               const int64_t *numel, void **steps, const settings_t *s) {     \
-    tensor_scalars_t *k = (tensor_scalars_t *)malloc(sizeof(tensor_scalars_t) * (n + 1));     \
-    int64_t *first_chunk = (int64_t *)malloc(sizeof(int64_t) * (n + 1));                      \
-    if (!k || !first_chunk) { free(k); free(first_chunk); return 1; }                         \
-    int64_t total = 0;                                                                        \
-    first_chunk[0] = 0;                                                                       \
-    for (int64_t i = 0; i < n; ++i) {                                                         \
-        k[i] = scalars_for_step(s, next_step(steps[i], s->step_is_double));                   \
-        first_chunk[i + 1] = first_chunk[i] + (numel[i] + CHUNK - 1) / CHUNK;                 \
-        total += numel[i];                                                                    \
-    }                                                                                         \
-    int64_t chunks = first_chunk[n];                                                          \
-    _Pragma("omp parallel for schedule(static) num_threads(s->num_threads) if(total >= PARALLEL_MIN_ELEMENTS)") \
-    for (int64_t c = 0; c < chunks; ++c) {                                                    \
-        int64_t lo = 0, hi = n; /* the tensor i with first_chunk[i] <= c < first_chunk[i+1] */ \
-        while (hi - lo > 1) { int64_t mid = (lo + hi) / 2; if (first_chunk[mid] <= c) lo = mid; else hi = mid; } \
-        int64_t start = (c - first_chunk[lo]) * CHUNK;                                        \
-        int64_t len = numel[lo] - start < CHUNK ? numel[lo] - start : CHUNK;                  \
-        T *vmax = vm ? vm[lo] + start : 0;                                                    \
-        run_chunk_##SUFFIX(p[lo] + start, g[lo] + start, m[lo] + start, v[lo] + start, vmax,  \
-                           len, s, &k[lo]);                                                   \
-    }                                                                                         \
-    free(k); free(first_chunk);                                                               \
-    return 0;                                                                                 \
-}
-
-DEFINE_CHUNK(float, f32, sqrtf, fmaf)
-DEFINE_CHUNK(double, f64, sqrt, fma)
-"""
 
 
 class NativeSettings(ctypes.Structure):
@@ -190,6 +85,16 @@ class NativeSettings(ctypes.Structure):
         ("bias_correction", ctypes.c_int32),
         ("step_is_double", ctypes.c_int32),
         ("num_threads", ctypes.c_int32),
+    ]
+
+
+class NativeLayout(ctypes.Structure):
+    """The C ``layout_t``: how the parameters and the moments of one call are stored."""
+
+    _fields_ = [
+        ("param_kind", ctypes.c_int32),
+        ("state_kind", ctypes.c_int32),
+        ("stochastic_param", ctypes.c_int32),
     ]
 
 
@@ -221,6 +126,10 @@ def library() -> ctypes.CDLL | None:
         function.restype = ctypes.c_int
         # Addresses of pointer tables (params, grads, exp_avgs, exp_avg_sqs, max or NULL), numels, steps.
         function.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 7 + [ctypes.POINTER(NativeSettings)]
+    lib.amsgrad_compressed_step.restype = ctypes.c_int
+    # n, pointer tables (params, grads, 3 moments, 3 scales), numels, steps, seeds, settings, layout.
+    lib.amsgrad_compressed_step.argtypes = ([ctypes.c_int64] + [ctypes.c_void_p] * 11
+                                            + [ctypes.POINTER(NativeSettings), ctypes.POINTER(NativeLayout)])
     lib.amsgrad_increment_steps.restype = None
     lib.amsgrad_increment_steps.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int32,
                                             ctypes.POINTER(ctypes.c_double)]
@@ -263,23 +172,33 @@ _FLAGS = (
 )
 
 
+def _target_flags() -> tuple[list[str], ...]:
+    override = os.environ.get("AMSGRAD_NATIVE_FLAGS")
+    return (override.split(),) if override is not None else _FLAGS[1]
+
+
 def _build() -> Path:
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([C_SOURCE, repr(_FLAGS), compiler, version, _cpu_signature()]).encode()).hexdigest()[:16]
+    files = _source_files()
+    targets = _target_flags()
+    key_text = "\0".join([*(f"{name}\0{text}" for name, text in sorted(files.items())), repr(_FLAGS[0]),
+                          repr(targets), compiler, version, _cpu_signature()])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     directory = _cache_dir()
     target = directory / f"adam_step_{key}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
-        source = Path(scratch) / "adam_step.c"
-        source.write_text(C_SOURCE)
+        for name, text in files.items():
+            (Path(scratch) / name).write_text(text, encoding="utf-8")
         output = Path(scratch) / target.name
-        base = [compiler, *_FLAGS[0], "-shared", "-fPIC", str(source), "-o", str(output), "-lm"]
+        sources = [str(Path(scratch) / name) for name in SOURCES]
+        base = [compiler, *_FLAGS[0], "-shared", "-fPIC", "-I", scratch, *sources, "-o", str(output), "-lm"]
         errors = []
-        for extra in _FLAGS[1]:
-            result = subprocess.run(base[:1] + extra + base[1:], capture_output=True, text=True, timeout=120)
+        for extra in targets:
+            result = subprocess.run(base[:1] + extra + base[1:], capture_output=True, text=True, timeout=300)
             if result.returncode == 0:
                 break
             errors.append(result.stderr.strip().splitlines()[-1:] or [""])
@@ -327,3 +246,41 @@ def adam_step(
 _data_ptr = torch.Tensor.data_ptr
 _numel = torch.Tensor.numel
 
+
+
+def compressed_step(
+    lib: ctypes.CDLL,
+    layout: NativeLayout,
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    moments: Sequence[Sequence[torch.Tensor]],
+    scales: Sequence[Sequence[torch.Tensor]] | None,
+    steps: Sequence[torch.Tensor],
+    seeds: Sequence[int] | None,
+    settings: NativeSettings,
+) -> None:
+    """One step of contiguous CPU tensors stored as ``layout`` says; increments ``steps``.
+
+    ``moments`` holds the lists (exp_avgs, exp_avg_sqs[, max_exp_avg_sqs]): float tensors, or
+    uint8 codes of a block format, whose float32 ``scales`` come in lists of the same order.
+    """
+    n = len(params)
+    roles = [params, grads, *moments, steps] + (list(scales) if scales is not None else [])
+    table = array.array("Q", map(_data_ptr, itertools.chain.from_iterable(roles)))
+    numel = array.array("q", map(_numel, params))
+    base, size = table.buffer_info()[0], table.itemsize * n
+    address = [base + i * size for i in range(len(roles))]
+    amsgrad = len(moments) == 3
+    p, g, m, v = address[:4]
+    vm = address[4] if amsgrad else None
+    step_table = address[4 + amsgrad]
+    ms = vs = vms = None
+    if scales is not None:
+        ms, vs = address[5 + amsgrad], address[6 + amsgrad]
+        vms = address[7 + amsgrad] if amsgrad else None
+    seed_table = array.array("q", seeds) if seeds is not None else None
+    status = lib.amsgrad_compressed_step(n, p, g, m, v, vm, ms, vs, vms, numel.buffer_info()[0], step_table,
+                                         seed_table.buffer_info()[0] if seed_table is not None else None,
+                                         ctypes.byref(settings), ctypes.byref(layout))
+    if status:
+        raise MemoryError("the native compressed kernel could not allocate its work list")

@@ -2,8 +2,9 @@ r"""The reference compressed step: what the numbers of a step with low-memory st
 
 One tensor at a time, on any device. The fast kernels (:mod:`amsgrad.kernels.native`) compute
 exactly this, bit for bit: every line below is one correctly rounded float32 operation
-(``*``, ``+``, ``/``, ``sqrt``, ``maximum``) on float32 numbers, with the group's scalars
-rounded to float32 first, so there is only one way to evaluate it. (The float32 kernel of
+(``*``, ``+``, ``/``, ``maximum``, and ``sqrt`` through :func:`.rounding.sqrt_float32`, since
+torch's own float32 ``sqrt`` on CPU is not correctly rounded) on float32 numbers, with the
+group's scalars rounded to float32 first, so there is only one way to evaluate it. (The float32 kernel of
 :mod:`amsgrad.kernels.native` instead follows torch's ops, with their fused multiply-adds,
 which is why a float32 state is not stored through this path.)
 
@@ -162,7 +163,7 @@ def compressed_step(settings: StepSettings, param: torch.Tensor, grad: torch.Ten
     if amsgrad:
         candidate = v / scalar(c2) if s.max_of == "corrected" else v
         u = torch.maximum(decode(state, "max_exp_avg_sq", storage, param), candidate)
-    d = torch.sqrt(u)
+    d = rounding.sqrt_float32(u)
     if divisor != 1.0:
         d = d / scalar(divisor)
     d = d + scalar(s.eps)

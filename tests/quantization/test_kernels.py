@@ -1,0 +1,119 @@
+"""The compressed C kernel computes exactly the reference compressed step, bit for bit.
+
+Every configuration of the optimizer table (decay modes, raw or corrected maximum, both update
+forms, no bias correction, maximize, Adam), every storage the kernel has (bfloat16 with
+stochastic rounding, int8, int4 for float32 parameters; and float32, bfloat16-to-nearest and
+the same three for bfloat16 parameters, with θ to nearest or stochastic), over sizes that end
+in a partial block, span several chunks, and (once) use both threads.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from amsgrad.kernels import native
+from amsgrad.kernels.compressed import fused_compressed_step, native_layout, reference_compressed_step
+from amsgrad.kernels.settings import StepSettings
+from amsgrad.quantization.formats import BLOCK_FORMATS
+from amsgrad.quantization.step import Storage, init_storage
+from tests.optimizers.configs import CONFIGS
+
+LIB = native.library()
+pytestmark = pytest.mark.skipif(LIB is None, reason=f"C kernel unavailable: {native.unavailable_reason()}")
+
+STORAGES = {
+    "bfloat16": Storage("bfloat16", torch.bfloat16),
+    "int8": Storage("block", block_format=BLOCK_FORMATS["int8"]),
+    "int4": Storage("block", block_format=BLOCK_FORMATS["int4"]),
+    "float32": Storage("float", torch.float32),
+    "bfloat16-nearest": Storage("float", torch.bfloat16),
+}
+CASES = [(torch.float32, name, False) for name in ("bfloat16", "int8", "int4")] + [
+    (torch.bfloat16, name, stochastic) for name in STORAGES for stochastic in (False, True)]
+
+
+def _problem(dtype, storage, sizes, seed=0, step_dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    params = [torch.randn(n, generator=generator).to(dtype) for n in sizes]
+    states = []
+    for index, param in enumerate(params):
+        state = {"step": torch.tensor(0.0, dtype=step_dtype), "rounding_seed": torch.tensor(1000 + index)}
+        init_storage(state, storage, param)
+        states.append(state)
+    return params, states
+
+
+def _gradients(params, step, seed=1):
+    generator = torch.Generator().manual_seed(seed * 7919 + step)
+    scale = 10.0 ** ((step % 5) - 2)
+    grads = []
+    for param in params:
+        g = torch.randn(param.shape, generator=generator) * scale
+        g[step * 37 % param.numel()] *= 1e4  # a spike: a block's scale jumps
+        if step == 2:
+            g[: param.numel() // 3] = 0.0  # a stretch of zero gradients
+        grads.append(g.to(param.dtype))
+    return grads
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t.view(torch.int32) if t.dtype == torch.float32 else t
+
+
+def _assert_identical(params_a, states_a, params_b, states_b):
+    for index, (a, b) in enumerate(zip(params_a, params_b)):
+        assert torch.equal(_bits(a), _bits(b)), f"param {index}: {(a.float() != b.float()).sum()} elements differ"
+    for index, (sa, sb) in enumerate(zip(states_a, states_b)):
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(_bits(sa[key]), _bits(sb[key])), f"param {index} {key} differs"
+
+
+def _run(config, dtype, storage_name, stochastic, sizes, steps=6, step_dtype=torch.float32):
+    storage = STORAGES[storage_name]
+    settings = StepSettings.from_group(config.settings)
+    params, states = _problem(dtype, storage, sizes, step_dtype=step_dtype)
+    ref_params, ref_states = [p.clone() for p in params], copy.deepcopy(states)
+    for step in range(steps):
+        grads = _gradients(params, step)
+        layout = native_layout(storage, params[0], grads[0], states[0], stochastic)
+        assert layout is not None
+        fused_compressed_step(LIB, settings, storage, layout, params, grads, states)
+        reference_compressed_step(settings, storage, ref_params, grads, ref_states, stochastic)
+        _assert_identical(params, states, ref_params, ref_states)
+    return params, states
+
+
+@pytest.mark.parametrize("dtype, storage_name, stochastic", CASES,
+                         ids=[f"{str(d)[6:]}-{n}{'-sr' if s else ''}" for d, n, s in CASES])
+@pytest.mark.parametrize("config", CONFIGS, ids=repr)
+def test_the_kernel_is_the_reference_bit_for_bit(config, dtype, storage_name, stochastic):
+    _run(config, dtype, storage_name, stochastic, sizes=[4096, 8192 + 129, 1000])
+
+
+@pytest.mark.parametrize("storage_name", ["int8", "int4", "bfloat16"])
+def test_many_chunks_on_every_thread_float64_steps(storage_name):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = next(c for c in CONFIGS if c.name == "amsgrad-decoupled")
+        _run(config, torch.float32, storage_name, False, sizes=[300_001, 5000], steps=3, step_dtype=torch.float64)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_result_does_not_depend_on_the_thread_count():
+    config = next(c for c in CONFIGS if c.name == "amsgrad")
+    results = []
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            results.append(_run(config, torch.bfloat16, "bfloat16", True, sizes=[300_000], steps=2))
+        finally:
+            torch.set_num_threads(previous)
+    (params_a, states_a), (params_b, states_b) = results
+    _assert_identical(params_a, states_a, params_b, states_b)
