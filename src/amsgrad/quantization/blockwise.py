@@ -94,9 +94,10 @@ def quantize(x: torch.Tensor, code_map: CodeMap, block: int, round_up: bool = Fa
     x = x.reshape(-1).float()
     numel = x.numel()
     rows = _blocks(x, block)
-    magnitude = rows.abs() if code_map.signed else rows
-    # The scale propagates NaN (amax does), so a NaN poisons its block, as it would the element.
-    scales = magnitude.amax(dim=1) if numel else x.new_zeros(0)
+    # The scale propagates NaN (as the canonical NaN), so a NaN poisons its block, as it would the
+    # element. (v and v̂ are never negative: their absolute maximum is their maximum.)
+    scales = rows.abs().amax(dim=1) if numel else x.new_zeros(0)
+    scales = torch.where(torch.isnan(scales), torch.full_like(scales, float("nan")), scales)
     y = rows * reciprocal_scale(scales)[:, None]
     if not round_up:
         codes = code_map.encode_nearest(y)

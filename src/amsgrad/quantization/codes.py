@@ -176,7 +176,7 @@ class CodeMap:
     def _with_sign(self, index: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self.signed:
             return index
-        negative = (y < 0) & (index > 0)  # zero is always the code 0
+        negative = torch.signbit(y) & (index > 0)  # zero is always the code 0
         return index + negative.long() * (2 ** (self.bits - 1))
 
     def describe(self) -> str:

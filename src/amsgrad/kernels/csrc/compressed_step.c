@@ -63,6 +63,13 @@ static inline uint16_t bf16_stochastic(float x, uint32_t key, uint32_t index) {
 }
 
 /* ---------------------------------------------------------------- the code maps */
+/* The encoders work on bit patterns where they can: a non-negative float32 (NaN included, as the
+   largest) orders like its bits, and integer selects vectorize where float compares would not. */
+static inline uint32_t min_u32(uint32_t a, uint32_t b) { return a < b ? a : b; }
+static inline uint32_t max_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
+static inline int32_t max_i32(int32_t a, int32_t b) { return a > b ? a : b; }
+static inline int32_t min_i32(int32_t a, int32_t b) { return a < b ? a : b; }
+
 /* Signed minifloat (m): magnitude k > 0 is the float32 with bits (k + OFFSET) << SHIFT. */
 #define DEFINE_MINIFLOAT(P)                                                                     \
 static inline float decode_##P(uint32_t c) {                                                  \
@@ -71,13 +78,13 @@ static inline float decode_##P(uint32_t c) {                                    
     return as_float(bits | (sign << 31));                                                      \
 }                                                                                              \
 static inline uint32_t encode_nearest_##P(float y) {                                           \
-    float a = fabsf(y);                                                                        \
-    int32_t k = (int32_t)((as_bits(a) + (1u << (P##_MINIFLOAT_SHIFT - 1))) >> P##_MINIFLOAT_SHIFT) \
+    uint32_t bits = as_bits(y), negative = bits >> 31, a = bits & 0x7FFFFFFFu;                 \
+    int32_t k = (int32_t)((a + (1u << (P##_MINIFLOAT_SHIFT - 1))) >> P##_MINIFLOAT_SHIFT)      \
                 - P##_MINIFLOAT_OFFSET;                                                        \
-    int32_t first = a >= P##_magnitudes[1] * 0.5f;                                             \
-    k = k <= 0 ? first : k;                                                                    \
-    k = k > P##_COUNT - 1 ? P##_COUNT - 1 : k;                                                 \
-    return (uint32_t)k | ((uint32_t)((y < 0.0f) & (k > 0)) << (P##_BITS - 1));                 \
+    int32_t first = a >= as_bits(P##_magnitudes[1] * 0.5f); /* half of the smallest: exact */  \
+    int32_t small = -(int32_t)(k <= 0);                                                        \
+    k = min_i32((k & ~small) | (first & small), P##_COUNT - 1);                                \
+    return (uint32_t)k | ((negative & (uint32_t)(k > 0)) << (P##_BITS - 1));                   \
 }
 
 /* Unsigned sqrt-linear, no zero (v and the maximum): magnitude k is ((k + 1) / COUNT)^2. */
@@ -87,17 +94,21 @@ static inline float magnitude_##P(uint32_t k) {                                 
 }                                                                                              \
 static inline uint32_t encode_nearest_##P(float y) {                                           \
     float q = sqrtf(y) * (float)P##_COUNT + 0.5f;                                              \
-    q = q < (float)P##_COUNT ? q : (float)P##_COUNT;                                           \
-    int32_t k = (int32_t)q - 1;                                                                \
-    return (uint32_t)(k < 0 ? 0 : k);                                                          \
+    q = as_float(min_u32(as_bits(q), as_bits((float)P##_COUNT))); /* NaN: the top */           \
+    return (uint32_t)max_i32((int32_t)q - 1, 0);                                               \
 }                                                                                              \
 static inline uint32_t encode_up_##P(float y) {                                                \
     float q = (sqrtf(y) * (float)P##_COUNT) * UP_BIAS;                                         \
-    q = q < (float)P##_COUNT ? q : (float)P##_COUNT;                                           \
+    q = as_float(min_u32(as_bits(q), as_bits((float)P##_COUNT)));                              \
     int32_t w = (int32_t)q;                                                                    \
-    int32_t k = w + (q > (float)w) - 1;                                                        \
-    k = k < 0 ? 0 : k;                                                                         \
-    return (uint32_t)(k > P##_COUNT - 1 ? P##_COUNT - 1 : k);                                  \
+    int32_t k = w + (int32_t)(as_bits(q) > as_bits((float)w)) - 1;                            \
+    return (uint32_t)min_i32(max_i32(k, 0), P##_COUNT - 1);                                    \
+}                                                                                              \
+/* The smallest sufficient code: one up where the decoded product is still below x (not NaN). */ \
+static inline uint32_t encode_max_##P(float x, float r, float s) {                             \
+    uint32_t k = encode_up_##P(x * r), xb = as_bits(x);                                        \
+    uint32_t short_ = (as_bits(magnitude_##P(k) * s) < xb) & (xb <= 0x7F800000u);              \
+    return k + (short_ & (k < P##_COUNT - 1));                                                 \
 }
 
 DEFINE_MINIFLOAT(m8)
@@ -111,24 +122,17 @@ static inline float reciprocal_scale(float s) {
     return r < FLOAT32_MAX ? r : FLOAT32_MAX;
 }
 
-/* max_i |x_i| (or max_i x_i), NaN if any x_i is NaN: as torch's amax. */
-static inline float block_max(const float *restrict x, int len, const int ABSOLUTE) {
-    float lanes[LANES] = {0};
-    int nan = 0, i = 0;
+/* max_i |x_i|, NaN (canonical) if any x_i is NaN: as torch's amax (for v and v̂, which are never
+   negative, max_i x_i). On bit patterns: |x| orders like its bits, and NaN is above everything. */
+static inline float block_max(const float *restrict x, int len) {
+    uint32_t lanes[LANES] = {0};
+    int i = 0;
     for (; i + LANES <= len; i += LANES)
-        for (int j = 0; j < LANES; ++j) {
-            float a = ABSOLUTE ? fabsf(x[i + j]) : x[i + j];
-            lanes[j] = a > lanes[j] ? a : lanes[j];
-            nan |= a != a;
-        }
-    float best = 0.0f;
-    for (; i < len; ++i) {
-        float a = ABSOLUTE ? fabsf(x[i]) : x[i];
-        best = a > best ? a : best;
-        nan |= a != a;
-    }
-    for (int j = 0; j < LANES; ++j) best = lanes[j] > best ? lanes[j] : best;
-    return nan ? NAN : best;
+        for (int j = 0; j < LANES; ++j) lanes[j] = max_u32(lanes[j], as_bits(x[i + j]) & 0x7FFFFFFFu);
+    uint32_t best = 0;
+    for (; i < len; ++i) best = max_u32(best, as_bits(x[i]) & 0x7FFFFFFFu);
+    for (int j = 0; j < LANES; ++j) best = max_u32(best, lanes[j]);
+    return best > 0x7F800000u ? as_float(0x7FC00000u) : as_float(best);
 }
 
 /* Codes of one block, one per element (4-bit ones unpacked). */
@@ -185,7 +189,7 @@ static inline void encode_block(int kind, int role_is, void *restrict storage, f
     }
     const int eight = kind == STATE_INT8;
     const int block = eight ? 256 : 128;
-    const float s = block_max(x, len, is_m);
+    const float s = block_max(x, len);
     const float r = reciprocal_scale(s);
     scales[start / block] = s;
     uint8_t local[BLOCK_MAX];
@@ -199,17 +203,9 @@ static inline void encode_block(int kind, int role_is, void *restrict storage, f
     } else if (!(s >= TINY_SCALE) && s == s) {
         memset(c, eight ? v8_COUNT - 1 : v4_COUNT - 1, len);
     } else if (eight) {
-        for (int i = 0; i < len; ++i) {
-            uint32_t k = encode_up_v8(x[i] * r);
-            k += (magnitude_v8(k) * s < x[i]) & (k < v8_COUNT - 1);
-            c[i] = (uint8_t)k;
-        }
+        for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_max_v8(x[i], r, s);
     } else {
-        for (int i = 0; i < len; ++i) {
-            uint32_t k = encode_up_v4(x[i] * r);
-            k += (magnitude_v4(k) * s < x[i]) & (k < v4_COUNT - 1);
-            c[i] = (uint8_t)k;
-        }
+        for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_max_v4(x[i], r, s);
     }
     if (!eight) pack4(local, (uint8_t *)storage + start / 2, len);
 }
