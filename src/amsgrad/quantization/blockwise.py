@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import torch
 
-from .codes import CodeMap
+from . import rounding
+from .codes import UP_BIAS, CodeMap
 
 __all__ = ["block_count", "code_bytes", "quantize", "dequantize", "pack", "unpack", "reciprocal_scale"]
 
@@ -86,7 +87,8 @@ def quantize(x: torch.Tensor, code_map: CodeMap, block: int, round_up: bool = Fa
     """Codes (uint8 storage) and float32 scales of the flat float32 tensor ``x``.
 
     ``round_up=False``: each element gets the code of the value nearest to :math:`x \\cdot r`
-    (half away from zero). ``round_up=True`` (unsigned maps, for the maximum): the smallest code
+    (half away from zero); for a sqrt-linear map, nearest in the square root, computed as
+    :math:`\\sqrt{x} \\cdot (\\sqrt{r}\\, 2^b)` so that a kernel can reuse the :math:`\\sqrt{x}` of the update. ``round_up=True`` (unsigned maps, for the maximum): the smallest code
     whose decoded value is not below the element (see the module docstring); in a block whose
     scale is below 2^-96, where a decoded product could underflow, every element gets the top
     code, whose value is the scale itself.
@@ -98,14 +100,28 @@ def quantize(x: torch.Tensor, code_map: CodeMap, block: int, round_up: bool = Fa
     # element. (v and v̂ are never negative: their absolute maximum is their maximum.)
     scales = rows.abs().amax(dim=1) if numel else x.new_zeros(0)
     scales = torch.where(torch.isnan(scales), torch.full_like(scales, float("nan")), scales)
-    y = rows * reciprocal_scale(scales)[:, None]
-    if not round_up:
-        codes = code_map.encode_nearest(y)
+    r = reciprocal_scale(scales)[:, None]
+    top = len(code_map.magnitudes) - 1
+    if code_map.kind == "sqrt_linear":
+        # In the square root: q = √x · (√r · 2^b) (+ 1/2 to round to nearest; lowered to round up).
+        root = rounding.sqrt_float32(rows)
+        gain = rounding.sqrt_float32(r) * float(code_map.size)
+        if not round_up:
+            q = root * gain + 0.5
+            q = torch.where(q < float(code_map.size), q, torch.full_like(q, float(code_map.size)))
+            codes = (q.to(torch.int64) - 1).clamp_(0, top)
+        else:
+            q = root * (gain * UP_BIAS)
+            q = torch.where(q < float(code_map.size), q, torch.full_like(q, float(code_map.size)))
+            whole = q.to(torch.int64)
+            codes = (whole + (q > whole).to(torch.int64) - 1).clamp_(0, top)
+    elif round_up:
+        codes = code_map.encode_up(rows * r)
     else:
-        codes = code_map.encode_up(y)  # the smallest code whose value is >= the element, or one below
-        top = len(code_map.magnitudes) - 1
+        codes = code_map.encode_nearest(rows * r)
+    if round_up:  # from the smallest sufficient code or the one below it: check with the decoder's product
         table = code_map.magnitude_table.to(x.device)
-        short = table[codes] * scales[:, None] < rows  # the product the decoder computes
+        short = table[codes] * scales[:, None] < rows
         codes = torch.where(short, (codes + 1).clamp_(max=top), codes)
         # Below this scale a product could underflow: the whole block takes the top code (= the scale).
         tiny = ~(scales >= TINY_SCALE)

@@ -45,7 +45,7 @@ __all__ = ["CodeMap", "minifloat", "dynamic_tree", "sqrt_linear", "linear", "c_h
 
 
 #: The rounding-up encoders aim this much low (a float32 number), so that they never overshoot.
-UP_BIAS = 1.0 - 2.0**-20
+UP_BIAS = 1.0 - 2.0**-19
 
 
 def _float32(value: float) -> float:

@@ -25,7 +25,7 @@ typedef struct {
     int32_t param_kind, state_kind, stochastic_param;
 } layout_t;
 
-#define UP_BIAS (1.0f - 0x1p-20f)
+#define UP_BIAS (1.0f - 0x1p-19f)
 #define TINY_SCALE 0x1p-96f
 #define FLOAT32_MAX 3.40282347e38f
 
@@ -87,28 +87,28 @@ static inline uint32_t encode_nearest_##P(float y) {                            
     return (uint32_t)k | ((negative & (uint32_t)(k > 0)) << (P##_BITS - 1));                   \
 }
 
-/* Unsigned sqrt-linear, no zero (v and the maximum): magnitude k is ((k + 1) / COUNT)^2. */
+/* Unsigned sqrt-linear, no zero (v and the maximum): magnitude k is ((k + 1) / COUNT)^2. The
+   encoders take the element's square root and the block's gain sqrt(r) * COUNT (see blockwise.py);
+   the decoded value (k + 1)^2 * (s / COUNT^2) is magnitude(k) * s exactly (a power-of-two factor). */
 #define DEFINE_SQRT_LINEAR(P)                                                                   \
-static inline float magnitude_##P(uint32_t k) {                                                \
-    return (float)((k + 1) * (k + 1)) * (1.0f / ((float)P##_COUNT * (float)P##_COUNT));       \
+static inline float decode_##P(uint32_t k, float s_over_count2) {                              \
+    return (float)((k + 1) * (k + 1)) * s_over_count2;                                         \
 }                                                                                              \
-static inline uint32_t encode_nearest_##P(float y) {                                           \
-    float q = sqrtf(y) * (float)P##_COUNT + 0.5f;                                              \
+static inline uint32_t encode_nearest_##P(float root, float gain) {                            \
+    float q = root * gain + 0.5f;                                                              \
     q = as_float(min_u32(as_bits(q), as_bits((float)P##_COUNT))); /* NaN: the top */           \
     return (uint32_t)max_i32((int32_t)q - 1, 0);                                               \
 }                                                                                              \
-static inline uint32_t encode_up_##P(float y) {                                                \
-    float q = (sqrtf(y) * (float)P##_COUNT) * UP_BIAS;                                         \
+/* The smallest code whose decoded value is >= x: the lowered estimate, then one up where the   \
+   decoded product is still below x (not NaN). */                                              \
+static inline uint32_t encode_max_##P(float x, float root, float gain_up, float s_over_count2) { \
+    float q = root * gain_up;                                                                  \
     q = as_float(min_u32(as_bits(q), as_bits((float)P##_COUNT)));                              \
     int32_t w = (int32_t)q;                                                                    \
-    int32_t k = w + (int32_t)(as_bits(q) > as_bits((float)w)) - 1;                            \
-    return (uint32_t)min_i32(max_i32(k, 0), P##_COUNT - 1);                                    \
-}                                                                                              \
-/* The smallest sufficient code: one up where the decoded product is still below x (not NaN). */ \
-static inline uint32_t encode_max_##P(float x, float r, float s) {                             \
-    uint32_t k = encode_up_##P(x * r), xb = as_bits(x);                                        \
-    uint32_t short_ = (as_bits(magnitude_##P(k) * s) < xb) & (xb <= 0x7F800000u);              \
-    return k + (short_ & (k < P##_COUNT - 1));                                                 \
+    int32_t k = min_i32(max_i32(w + (int32_t)(as_bits(q) > as_bits((float)w)) - 1, 0), P##_COUNT - 1); \
+    uint32_t xb = as_bits(x);                                                                  \
+    uint32_t short_ = (as_bits(decode_##P((uint32_t)k, s_over_count2)) < xb) & (xb <= 0x7F800000u); \
+    return (uint32_t)k + (short_ & (uint32_t)(k < P##_COUNT - 1));                             \
 }
 
 DEFINE_MINIFLOAT(m8)
@@ -124,7 +124,7 @@ static inline float reciprocal_scale(float s) {
 
 /* max_i |x_i|, NaN (canonical) if any x_i is NaN: as torch's amax (for v and v̂, which are never
    negative, max_i x_i). On bit patterns: |x| orders like its bits, and NaN is above everything. */
-static inline float block_max(const float *restrict x, int len) {
+static inline __attribute__((always_inline)) float block_max(const float *restrict x, int len) {
     uint32_t lanes[LANES] = {0};
     int i = 0;
     for (; i + LANES <= len; i += LANES)
@@ -150,7 +150,7 @@ static inline void pack4(const uint8_t *restrict codes, uint8_t *restrict packed
 }
 
 /* One moment of one block, decoded into float32. */
-static inline void decode_block(int kind, int is_m, const void *restrict storage, const float *restrict scales,
+static inline __attribute__((always_inline)) void decode_block(int kind, int is_m, const void *restrict storage, const float *restrict scales,
                                 int64_t start, int len, float *restrict out) {
     if (kind == STATE_F32) {
         memcpy(out, (const float *)storage + start, sizeof(float) * len);
@@ -160,22 +160,25 @@ static inline void decode_block(int kind, int is_m, const void *restrict storage
     } else if (kind == STATE_INT8) {
         const uint8_t *c = (const uint8_t *)storage + start;
         const float s = scales[start / 256];
+        const float s_scaled = s * (1.0f / ((float)v8_COUNT * (float)v8_COUNT));
         if (is_m) for (int i = 0; i < len; ++i) out[i] = decode_m8(c[i]) * s;
-        else for (int i = 0; i < len; ++i) out[i] = magnitude_v8(c[i]) * s;
+        else for (int i = 0; i < len; ++i) out[i] = decode_v8(c[i], s_scaled);
     } else {
         uint8_t c[BLOCK_MAX];
         unpack4((const uint8_t *)storage + start / 2, c, len);
         const float s = scales[start / 128];
+        const float s_scaled = s * (1.0f / ((float)v4_COUNT * (float)v4_COUNT));
         if (is_m) for (int i = 0; i < len; ++i) out[i] = decode_m4(c[i]) * s;
-        else for (int i = 0; i < len; ++i) out[i] = magnitude_v4(c[i]) * s;
+        else for (int i = 0; i < len; ++i) out[i] = decode_v4(c[i], s_scaled);
     }
 }
 
-/* The new value of one moment of one block into its storage. ROLE: exp_avg, exp_avg_sq, or the
-   maximum (rounded up). */
-static inline void encode_block(int kind, int role_is, void *restrict storage, float *restrict scales,
-                                int64_t start, int len, const float *restrict x, uint32_t key) {
-    const int is_m = role_is == 0, is_max = role_is == 2;
+/* The new value of one moment of one block into its storage. ROLE: exp_avg (0), exp_avg_sq (1),
+   or the maximum (2, rounded up). ROOT: the elements' square roots where the update has them
+   (NULL: computed here). */
+static inline __attribute__((always_inline)) void encode_block(
+        int kind, int role, void *restrict storage, float *restrict scales, int64_t start, int len,
+        const float *restrict x, const float *restrict root, uint32_t key) {
     if (kind == STATE_F32) {
         memcpy((float *)storage + start, x, sizeof(float) * len);
         return;
@@ -183,7 +186,7 @@ static inline void encode_block(int kind, int role_is, void *restrict storage, f
     if (kind == STATE_BF16_NEAREST || kind == STATE_BF16) {
         uint16_t *h = (uint16_t *)storage + start;
         if (kind == STATE_BF16_NEAREST) for (int i = 0; i < len; ++i) h[i] = bf16_nearest(x[i]);
-        else if (is_max) for (int i = 0; i < len; ++i) h[i] = bf16_up(x[i]);
+        else if (role == 2) for (int i = 0; i < len; ++i) h[i] = bf16_up(x[i]);
         else for (int i = 0; i < len; ++i) h[i] = bf16_stochastic(x[i], key, (uint32_t)(start + i));
         return;
     }
@@ -194,18 +197,24 @@ static inline void encode_block(int kind, int role_is, void *restrict storage, f
     scales[start / block] = s;
     uint8_t local[BLOCK_MAX];
     uint8_t *c = eight ? (uint8_t *)storage + start : local;
-    if (is_m) {
+    if (role == 0) {
         if (eight) for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_m8(x[i] * r);
         else for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_m4(x[i] * r);
-    } else if (!is_max) {
-        if (eight) for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_v8(x[i] * r);
-        else for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_v4(x[i] * r);
-    } else if (!(s >= TINY_SCALE) && s == s) {
-        memset(c, eight ? v8_COUNT - 1 : v4_COUNT - 1, len);
-    } else if (eight) {
-        for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_max_v8(x[i], r, s);
     } else {
-        for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_max_v4(x[i], r, s);
+        const float count = eight ? (float)v8_COUNT : (float)v4_COUNT;
+        const float gain = sqrtf(r) * count;
+        float roots[BLOCK_MAX];
+        if (!root) { for (int i = 0; i < len; ++i) roots[i] = sqrtf(x[i]); root = roots; }
+        if (role == 1) {
+            if (eight) for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_v8(root[i], gain);
+            else for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_v4(root[i], gain);
+        } else if (!(s >= TINY_SCALE) && s == s) {
+            memset(c, eight ? v8_COUNT - 1 : v4_COUNT - 1, len);
+        } else {
+            const float gain_up = gain * UP_BIAS, s_scaled = s * (1.0f / (count * count));
+            if (eight) for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_max_v8(x[i], root[i], gain_up, s_scaled);
+            else for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_max_v4(x[i], root[i], gain_up, s_scaled);
+        }
     }
     if (!eight) pack4(local, (uint8_t *)storage + start / 2, len);
 }
@@ -219,8 +228,8 @@ typedef struct {
    DECAY, MAXMODE, DIVIDE and PARAM are constants at every call site. */
 static inline __attribute__((always_inline)) void update_block(
         const void *restrict p, const void *restrict g, int64_t start, int len, float *restrict m,
-        float *restrict v, float *restrict u, float *restrict theta, const block_scalars_t *restrict k,
-        const int DECAY, const int MAXMODE, const int DIVIDE, const int PARAM) {
+        float *restrict v, float *restrict u, float *restrict theta, float *restrict root,
+        const block_scalars_t *restrict k, const int DECAY, const int MAXMODE, const int DIVIDE, const int PARAM) {
     for (int i = 0; i < len; ++i) {
         float gi, pi;
         if (PARAM == PARAM_F32) {
@@ -242,6 +251,7 @@ static inline __attribute__((always_inline)) void update_block(
             ui = (a > c || a != a) ? a : c; /* torch.maximum: NaN wins */
         }
         float d = sqrtf(ui);
+        root[i] = d;
         if (DIVIDE) d = d / k->sc2;
         d = d + k->eps;
         m[i] = mi; v[i] = vi; u[i] = ui;
@@ -249,9 +259,9 @@ static inline __attribute__((always_inline)) void update_block(
     }
 }
 
-#define UPDATE_CASE(D, M, V, P) update_block(p, g, start, len, m, v, u, theta, k, D, M, V, P)
+#define UPDATE_CASE(D, M, V, P) update_block(p, g, start, len, m, v, u, theta, root, k, D, M, V, P)
 static void run_update(int selector, const void *p, const void *g, int64_t start, int len, float *m, float *v,
-                       float *u, float *theta, const block_scalars_t *k) {
+                       float *u, float *theta, float *root, const block_scalars_t *k) {
     switch (selector) {
 #define ROW(P, BASE)                                                                           \
         case BASE + 0: UPDATE_CASE(0, 0, 0, P); break;  case BASE + 1: UPDATE_CASE(0, 0, 1, P); break; \
@@ -276,30 +286,41 @@ typedef struct {
     int32_t divide;
 } tensor_work_t;
 
+/* One block: decode, update, encode. LEN is a constant (the block size) at the call for full
+   blocks, so every loop is unrolled without a remainder; the last, partial block passes its length. */
+static inline __attribute__((always_inline)) void run_block(
+        const layout_t *L, int selector, int amsgrad, void *p, const void *g, void *m, void *v, void *vm,
+        float *ms, float *vs, float *vms, int64_t at, const int n, const tensor_work_t *w) {
+    float bm[BLOCK_MAX], bv[BLOCK_MAX], bu[BLOCK_MAX], bt[BLOCK_MAX], bs[BLOCK_MAX];
+    decode_block(L->state_kind, 1, m, ms, at, n, bm);
+    decode_block(L->state_kind, 0, v, vs, at, n, bv);
+    if (amsgrad) decode_block(L->state_kind, 0, vm, vms, at, n, bu);
+    run_update(selector, p, g, at, n, bm, bv, bu, bt, bs, &w->k);
+    /* bs holds sqrt(u): the maximum's roots under AMSGrad, v's under Adam. */
+    encode_block(L->state_kind, 0, m, ms, at, n, bm, 0, w->key_m);
+    encode_block(L->state_kind, 1, v, vs, at, n, bv, amsgrad ? 0 : bs, w->key_v);
+    if (amsgrad) encode_block(L->state_kind, 2, vm, vms, at, n, bu, bs, 0);
+    if (L->param_kind == PARAM_F32) {
+        memcpy((float *)p + at, bt, sizeof(float) * n);
+    } else if (L->stochastic_param) {
+        uint16_t *h = (uint16_t *)p + at;
+        for (int i = 0; i < n; ++i) h[i] = bf16_stochastic(bt[i], w->key_param, (uint32_t)(at + i));
+    } else {
+        uint16_t *h = (uint16_t *)p + at;
+        for (int i = 0; i < n; ++i) h[i] = bf16_nearest(bt[i]);
+    }
+}
+
 static void run_chunk(const layout_t *L, int selector, int amsgrad, void *p, const void *g, void *m, void *v,
                       void *vm, float *ms, float *vs, float *vms, int64_t start, int64_t len,
                       const tensor_work_t *w) {
     const int block = L->state_kind == STATE_INT4 ? 128 : 256;
-    float bm[BLOCK_MAX], bv[BLOCK_MAX], bu[BLOCK_MAX], bt[BLOCK_MAX];
-    for (int64_t at = start; at < start + len; at += block) {
-        int n = (int)(start + len - at < block ? start + len - at : block);
-        decode_block(L->state_kind, 1, m, ms, at, n, bm);
-        decode_block(L->state_kind, 0, v, vs, at, n, bv);
-        if (amsgrad) decode_block(L->state_kind, 0, vm, vms, at, n, bu);
-        run_update(selector, p, g, at, n, bm, bv, bu, bt, &w->k);
-        encode_block(L->state_kind, 0, m, ms, at, n, bm, w->key_m);
-        encode_block(L->state_kind, 1, v, vs, at, n, bv, w->key_v);
-        if (amsgrad) encode_block(L->state_kind, 2, vm, vms, at, n, bu, 0);
-        if (L->param_kind == PARAM_F32) {
-            memcpy((float *)p + at, bt, sizeof(float) * n);
-        } else if (L->stochastic_param) {
-            uint16_t *h = (uint16_t *)p + at;
-            for (int i = 0; i < n; ++i) h[i] = bf16_stochastic(bt[i], w->key_param, (uint32_t)(at + i));
-        } else {
-            uint16_t *h = (uint16_t *)p + at;
-            for (int i = 0; i < n; ++i) h[i] = bf16_nearest(bt[i]);
-        }
-    }
+    int64_t at = start, end = start + len;
+    if (block == 256)
+        for (; at + 256 <= end; at += 256) run_block(L, selector, amsgrad, p, g, m, v, vm, ms, vs, vms, at, 256, w);
+    else
+        for (; at + 128 <= end; at += 128) run_block(L, selector, amsgrad, p, g, m, v, vm, ms, vs, vms, at, 128, w);
+    if (at < end) run_block(L, selector, amsgrad, p, g, m, v, vm, ms, vs, vms, at, (int)(end - at), w);
 }
 
 /* One step of n tensors of one layout. Tables of n pointers each: parameters, gradients, the
