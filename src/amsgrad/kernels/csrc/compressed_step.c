@@ -63,10 +63,10 @@ static inline uint16_t bf16_stochastic(float x, uint32_t key, uint32_t index) {
 }
 
 /* ---------------------------------------------------------------- the code maps */
-/* The encoders work on bit patterns where they can: a non-negative float32 (NaN included, as the
-   largest) orders like its bits, and integer selects vectorize where float compares would not. */
-static inline uint32_t min_u32(uint32_t a, uint32_t b) { return a < b ? a : b; }
-static inline uint32_t max_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
+/* The encoders work on bit patterns where they can: a float32 without its sign bit (NaN included,
+   as the largest) orders like its bits as a signed int32, and integer selects vectorize where float
+   compares would not. Signed, not unsigned, integers: AVX2 compares and converts only those. */
+static inline int32_t ibits(float x) { return (int32_t)(as_bits(x) & 0x7FFFFFFFu); }
 static inline int32_t max_i32(int32_t a, int32_t b) { return a > b ? a : b; }
 static inline int32_t min_i32(int32_t a, int32_t b) { return a < b ? a : b; }
 
@@ -81,7 +81,7 @@ static inline uint32_t encode_nearest_##P(float y) {                            
     uint32_t bits = as_bits(y), negative = bits >> 31, a = bits & 0x7FFFFFFFu;                 \
     int32_t k = (int32_t)((a + (1u << (P##_MINIFLOAT_SHIFT - 1))) >> P##_MINIFLOAT_SHIFT)      \
                 - P##_MINIFLOAT_OFFSET;                                                        \
-    int32_t first = a >= as_bits(P##_magnitudes[1] * 0.5f); /* half of the smallest: exact */  \
+    int32_t first = (int32_t)a >= ibits(P##_magnitudes[1] * 0.5f); /* half the smallest: exact */ \
     int32_t small = -(int32_t)(k <= 0);                                                        \
     k = min_i32((k & ~small) | (first & small), P##_COUNT - 1);                                \
     return (uint32_t)k | ((negative & (uint32_t)(k > 0)) << (P##_BITS - 1));                   \
@@ -92,23 +92,23 @@ static inline uint32_t encode_nearest_##P(float y) {                            
    the decoded value (k + 1)^2 * (s / COUNT^2) is magnitude(k) * s exactly (a power-of-two factor). */
 #define DEFINE_SQRT_LINEAR(P)                                                                   \
 static inline float decode_##P(uint32_t k, float s_over_count2) {                              \
-    return (float)((k + 1) * (k + 1)) * s_over_count2;                                         \
+    return (float)(int32_t)((k + 1) * (k + 1)) * s_over_count2;                                \
 }                                                                                              \
 static inline uint32_t encode_nearest_##P(float root, float gain) {                            \
     float q = root * gain + 0.5f;                                                              \
-    q = as_float(min_u32(as_bits(q), as_bits((float)P##_COUNT))); /* NaN: the top */           \
+    q = as_float((uint32_t)min_i32(ibits(q), ibits((float)P##_COUNT))); /* NaN: the top */     \
     return (uint32_t)max_i32((int32_t)q - 1, 0);                                               \
 }                                                                                              \
 /* The smallest code whose decoded value is >= x: the lowered estimate, then one up where the   \
    decoded product is still below x (not NaN). */                                              \
 static inline uint32_t encode_max_##P(float x, float root, float gain_up, float s_over_count2) { \
     float q = root * gain_up;                                                                  \
-    q = as_float(min_u32(as_bits(q), as_bits((float)P##_COUNT)));                              \
+    q = as_float((uint32_t)min_i32(ibits(q), ibits((float)P##_COUNT)));                        \
     int32_t w = (int32_t)q;                                                                    \
-    int32_t k = min_i32(max_i32(w + (int32_t)(as_bits(q) > as_bits((float)w)) - 1, 0), P##_COUNT - 1); \
-    uint32_t xb = as_bits(x);                                                                  \
-    uint32_t short_ = (as_bits(decode_##P((uint32_t)k, s_over_count2)) < xb) & (xb <= 0x7F800000u); \
-    return (uint32_t)k + (short_ & (uint32_t)(k < P##_COUNT - 1));                             \
+    int32_t k = min_i32(max_i32(w + (int32_t)(ibits(q) > ibits((float)w)) - 1, 0), P##_COUNT - 1); \
+    int32_t xb = ibits(x);                                                                     \
+    int32_t short_ = (ibits(decode_##P((uint32_t)k, s_over_count2)) < xb) & (xb <= 0x7F800000); \
+    return (uint32_t)(k + (short_ & (k < P##_COUNT - 1)));                                     \
 }
 
 DEFINE_MINIFLOAT(m8)
@@ -120,19 +120,6 @@ DEFINE_SQRT_LINEAR(v4)
 static inline float reciprocal_scale(float s) {
     float r = 1.0f / s;
     return r < FLOAT32_MAX ? r : FLOAT32_MAX;
-}
-
-/* max_i |x_i|, NaN (canonical) if any x_i is NaN: as torch's amax (for v and v̂, which are never
-   negative, max_i x_i). On bit patterns: |x| orders like its bits, and NaN is above everything. */
-static inline __attribute__((always_inline)) float block_max(const float *restrict x, int len) {
-    uint32_t lanes[LANES] = {0};
-    int i = 0;
-    for (; i + LANES <= len; i += LANES)
-        for (int j = 0; j < LANES; ++j) lanes[j] = max_u32(lanes[j], as_bits(x[i + j]) & 0x7FFFFFFFu);
-    uint32_t best = 0;
-    for (; i < len; ++i) best = max_u32(best, as_bits(x[i]) & 0x7FFFFFFFu);
-    for (int j = 0; j < LANES; ++j) best = max_u32(best, lanes[j]);
-    return best > 0x7F800000u ? as_float(0x7FC00000u) : as_float(best);
 }
 
 /* Codes of one block, one per element (4-bit ones unpacked). */
@@ -149,55 +136,20 @@ static inline void pack4(const uint8_t *restrict codes, uint8_t *restrict packed
     if (len & 1) packed[j] = codes[len - 1];
 }
 
-/* One moment of one block, decoded into float32. */
-static inline __attribute__((always_inline)) void decode_block(int kind, int is_m, const void *restrict storage, const float *restrict scales,
-                                int64_t start, int len, float *restrict out) {
-    if (kind == STATE_F32) {
-        memcpy(out, (const float *)storage + start, sizeof(float) * len);
-    } else if (kind == STATE_BF16 || kind == STATE_BF16_NEAREST) {
-        const uint16_t *h = (const uint16_t *)storage + start;
-        for (int i = 0; i < len; ++i) out[i] = bf16_to_float(h[i]);
-    } else if (kind == STATE_INT8) {
-        const uint8_t *c = (const uint8_t *)storage + start;
-        const float s = scales[start / 256];
-        const float s_scaled = s * (1.0f / ((float)v8_COUNT * (float)v8_COUNT));
-        if (is_m) for (int i = 0; i < len; ++i) out[i] = decode_m8(c[i]) * s;
-        else for (int i = 0; i < len; ++i) out[i] = decode_v8(c[i], s_scaled);
-    } else {
-        uint8_t c[BLOCK_MAX];
-        unpack4((const uint8_t *)storage + start / 2, c, len);
-        const float s = scales[start / 128];
-        const float s_scaled = s * (1.0f / ((float)v4_COUNT * (float)v4_COUNT));
-        if (is_m) for (int i = 0; i < len; ++i) out[i] = decode_m4(c[i]) * s;
-        else for (int i = 0; i < len; ++i) out[i] = decode_v4(c[i], s_scaled);
-    }
-}
-
-/* The new value of one moment of one block into its storage. ROLE: exp_avg (0), exp_avg_sq (1),
-   or the maximum (2, rounded up). ROOT: the elements' square roots where the update has them
-   (NULL: computed here). */
+/* The new value of one moment of one block (a block format) into its storage, given the block's
+   scale s (its maximum). ROLE: exp_avg (0), exp_avg_sq (1), or the maximum (2, rounded up).
+   ROOT: the elements' square roots where the update has them (NULL: computed here). */
 static inline __attribute__((always_inline)) void encode_block(
-        int kind, int role, void *restrict storage, float *restrict scales, int64_t start, int len,
-        const float *restrict x, const float *restrict root, uint32_t key) {
-    if (kind == STATE_F32) {
-        memcpy((float *)storage + start, x, sizeof(float) * len);
-        return;
-    }
-    if (kind == STATE_BF16_NEAREST || kind == STATE_BF16) {
-        uint16_t *h = (uint16_t *)storage + start;
-        if (kind == STATE_BF16_NEAREST) for (int i = 0; i < len; ++i) h[i] = bf16_nearest(x[i]);
-        else if (role == 2) for (int i = 0; i < len; ++i) h[i] = bf16_up(x[i]);
-        else for (int i = 0; i < len; ++i) h[i] = bf16_stochastic(x[i], key, (uint32_t)(start + i));
-        return;
-    }
-    const int eight = kind == STATE_INT8;
+        const int STATE, const int ROLE, void *restrict storage, float *restrict scales, int64_t start, int len,
+        const float *restrict x, const float *restrict root, float s, int unused) {
+    (void)unused;
+    const int eight = STATE == STATE_INT8;
     const int block = eight ? 256 : 128;
-    const float s = block_max(x, len);
     const float r = reciprocal_scale(s);
     scales[start / block] = s;
     uint8_t local[BLOCK_MAX];
     uint8_t *c = eight ? (uint8_t *)storage + start : local;
-    if (role == 0) {
+    if (ROLE == 0) {
         if (eight) for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_m8(x[i] * r);
         else for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_m4(x[i] * r);
     } else {
@@ -205,7 +157,7 @@ static inline __attribute__((always_inline)) void encode_block(
         const float gain = sqrtf(r) * count;
         float roots[BLOCK_MAX];
         if (!root) { for (int i = 0; i < len; ++i) roots[i] = sqrtf(x[i]); root = roots; }
-        if (role == 1) {
+        if (ROLE == 1) {
             if (eight) for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_v8(root[i], gain);
             else for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_v4(root[i], gain);
         } else if (!(s >= TINY_SCALE) && s == s) {
@@ -224,104 +176,165 @@ typedef struct {
     float sign, wd, factor, b1, b2, omb1, omb2, eps, c2, sc2, neg_ss;
 } block_scalars_t;
 
-/* The update of one block from decoded moments; m, v, u and θ are written back into the buffers.
-   DECAY, MAXMODE, DIVIDE and PARAM are constants at every call site. */
-static inline __attribute__((always_inline)) void update_block(
-        const void *restrict p, const void *restrict g, int64_t start, int len, float *restrict m,
-        float *restrict v, float *restrict u, float *restrict theta, float *restrict root,
-        const block_scalars_t *restrict k, const int DECAY, const int MAXMODE, const int DIVIDE, const int PARAM) {
-    for (int i = 0; i < len; ++i) {
-        float gi, pi;
-        if (PARAM == PARAM_F32) {
-            gi = ((const float *)g)[start + i];
-            pi = ((const float *)p)[start + i];
-        } else {
-            gi = bf16_to_float(((const uint16_t *)g)[start + i]);
-            pi = bf16_to_float(((const uint16_t *)p)[start + i]);
-        }
-        gi = gi * k->sign;
-        if (DECAY == 2) pi = pi * k->factor;
-        if (DECAY == 1) gi = gi + pi * k->wd;
-        float mi = m[i] * k->b1 + gi * k->omb1;
-        float vi = v[i] * k->b2 + (gi * gi) * k->omb2;
-        float ui = vi;
-        if (MAXMODE) {
-            float c = MAXMODE == 2 ? vi / k->c2 : vi;
-            float a = u[i];
-            ui = (a > c || a != a) ? a : c; /* torch.maximum: NaN wins */
-        }
-        float d = sqrtf(ui);
-        root[i] = d;
-        if (DIVIDE) d = d / k->sc2;
-        d = d + k->eps;
-        m[i] = mi; v[i] = vi; u[i] = ui;
-        theta[i] = pi + (mi * k->neg_ss) / d;
-    }
-}
-
-#define UPDATE_CASE(D, M, V, P) update_block(p, g, start, len, m, v, u, theta, root, k, D, M, V, P)
-static void run_update(int selector, const void *p, const void *g, int64_t start, int len, float *m, float *v,
-                       float *u, float *theta, float *root, const block_scalars_t *k) {
-    switch (selector) {
-#define ROW(P, BASE)                                                                           \
-        case BASE + 0: UPDATE_CASE(0, 0, 0, P); break;  case BASE + 1: UPDATE_CASE(0, 0, 1, P); break; \
-        case BASE + 2: UPDATE_CASE(0, 1, 0, P); break;  case BASE + 3: UPDATE_CASE(0, 1, 1, P); break; \
-        case BASE + 4: UPDATE_CASE(0, 2, 0, P); break;  case BASE + 5: UPDATE_CASE(0, 2, 1, P); break; \
-        case BASE + 6: UPDATE_CASE(1, 0, 0, P); break;  case BASE + 7: UPDATE_CASE(1, 0, 1, P); break; \
-        case BASE + 8: UPDATE_CASE(1, 1, 0, P); break;  case BASE + 9: UPDATE_CASE(1, 1, 1, P); break; \
-        case BASE + 10: UPDATE_CASE(1, 2, 0, P); break; case BASE + 11: UPDATE_CASE(1, 2, 1, P); break; \
-        case BASE + 12: UPDATE_CASE(2, 0, 0, P); break; case BASE + 13: UPDATE_CASE(2, 0, 1, P); break; \
-        case BASE + 14: UPDATE_CASE(2, 1, 0, P); break; case BASE + 15: UPDATE_CASE(2, 1, 1, P); break; \
-        case BASE + 16: UPDATE_CASE(2, 2, 0, P); break; case BASE + 17: UPDATE_CASE(2, 2, 1, P); break;
-        ROW(PARAM_F32, 0)
-        ROW(PARAM_BF16, 18)
-#undef ROW
-        default: break;
-    }
-}
-
 typedef struct {
     block_scalars_t k;
     uint32_t key_param, key_m, key_v;
     int32_t divide;
 } tensor_work_t;
 
-/* One block: decode, update, encode. LEN is a constant (the block size) at the call for full
-   blocks, so every loop is unrolled without a remainder; the last, partial block passes its length. */
-static inline __attribute__((always_inline)) void run_block(
-        const layout_t *L, int selector, int amsgrad, void *p, const void *g, void *m, void *v, void *vm,
-        float *ms, float *vs, float *vms, int64_t at, const int n, const tensor_work_t *w) {
-    float bm[BLOCK_MAX], bv[BLOCK_MAX], bu[BLOCK_MAX], bt[BLOCK_MAX], bs[BLOCK_MAX];
-    decode_block(L->state_kind, 1, m, ms, at, n, bm);
-    decode_block(L->state_kind, 0, v, vs, at, n, bv);
-    if (amsgrad) decode_block(L->state_kind, 0, vm, vms, at, n, bu);
-    run_update(selector, p, g, at, n, bm, bv, bu, bt, bs, &w->k);
-    /* bs holds sqrt(u): the maximum's roots under AMSGrad, v's under Adam. */
-    encode_block(L->state_kind, 0, m, ms, at, n, bm, 0, w->key_m);
-    encode_block(L->state_kind, 1, v, vs, at, n, bv, amsgrad ? 0 : bs, w->key_v);
-    if (amsgrad) encode_block(L->state_kind, 2, vm, vms, at, n, bu, bs, 0);
-    if (L->param_kind == PARAM_F32) {
-        memcpy((float *)p + at, bt, sizeof(float) * n);
-    } else if (L->stochastic_param) {
-        uint16_t *h = (uint16_t *)p + at;
-        for (int i = 0; i < n; ++i) h[i] = bf16_stochastic(bt[i], w->key_param, (uint32_t)(at + i));
-    } else {
-        uint16_t *h = (uint16_t *)p + at;
-        for (int i = 0; i < n; ++i) h[i] = bf16_nearest(bt[i]);
+/* Where the moments of one block are, and their scales (block formats). */
+typedef struct {
+    void *m, *v, *vm;
+    float *ms, *vs, *vms;
+} moments_t;
+
+/* Theta's storage: float32, or bfloat16 to nearest, or bfloat16 stochastically rounded. */
+enum { THETA_F32 = 0, THETA_BF16 = 1, THETA_BF16_SR = 2 };
+
+/* One moment of element i of the block at `at`, decoded. `codes`: a 4-bit block, unpacked. */
+static inline __attribute__((always_inline)) float load_moment(const int STATE, const int IS_M, const void *storage,
+                                                               const uint8_t *codes, int64_t at, int i, float s) {
+    if (STATE == STATE_F32) return ((const float *)storage)[at + i];
+    if (STATE == STATE_BF16 || STATE == STATE_BF16_NEAREST) return bf16_to_float(((const uint16_t *)storage)[at + i]);
+    if (STATE == STATE_INT8) {
+        uint32_t c = ((const uint8_t *)storage)[at + i];
+        return IS_M ? decode_m8(c) * s : decode_v8(c, s);
+    }
+    return IS_M ? decode_m4(codes[i]) * s : decode_v4(codes[i], s);
+}
+
+/* A moment of element i, stored where the format is per element (the block formats go through
+   the buffers and encode_block). ROLE: 0 m, 1 v, 2 the maximum. */
+static inline __attribute__((always_inline)) void store_moment(const int STATE, const int ROLE, void *storage,
+                                                               int64_t at, int i, float x, uint32_t key) {
+    if (STATE == STATE_F32) ((float *)storage)[at + i] = x;
+    else if (STATE == STATE_BF16_NEAREST) ((uint16_t *)storage)[at + i] = bf16_nearest(x);
+    else if (STATE == STATE_BF16)
+        ((uint16_t *)storage)[at + i] = ROLE == 2 ? bf16_up(x) : bf16_stochastic(x, key, (uint32_t)(at + i));
+}
+
+/* The whole step of one block: decode, update, store θ and the per-element moments, and (block
+   formats) leave m, v, u = the new maximum and sqrt(u) in the buffers with each one's block
+   maximum. Every argument in capitals is a constant at its call site, so each combination is its
+   own straight, vectorized loop. */
+static inline __attribute__((always_inline)) void step_block(
+        const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE, const int LEN,
+        void *restrict p, const void *restrict g, const moments_t *restrict mo, int64_t at,
+        const tensor_work_t *restrict w, float *restrict bm, float *restrict bv, float *restrict bu,
+        float *restrict bs, float *restrict maxima) {
+    const block_scalars_t *k = &w->k;
+    const int block = STATE == STATE_INT4 ? 128 : 256, blocked = STATE == STATE_INT8 || STATE == STATE_INT4;
+    const int len = LEN;
+    float sm = 0.0f, sv = 0.0f, su = 0.0f;
+    uint8_t cm[BLOCK_MAX], cv[BLOCK_MAX], cu[BLOCK_MAX];
+    if (blocked) {
+        const float scale_v = STATE == STATE_INT8 ? 1.0f / ((float)v8_COUNT * (float)v8_COUNT)
+                                                  : 1.0f / ((float)v4_COUNT * (float)v4_COUNT);
+        sm = mo->ms[at / block];
+        sv = mo->vs[at / block] * scale_v;
+        su = MAXMODE ? mo->vms[at / block] * scale_v : 0.0f;
+        if (STATE == STATE_INT4) {
+            unpack4((const uint8_t *)mo->m + at / 2, cm, len);
+            unpack4((const uint8_t *)mo->v + at / 2, cv, len);
+            if (MAXMODE) unpack4((const uint8_t *)mo->vm + at / 2, cu, len);
+        }
+    }
+    int32_t top_m = 0, top_v = 0, top_u = 0;
+    for (int i = 0; i < len; ++i) {
+        float gi, pi;
+        if (THETA == THETA_F32) {
+            gi = ((const float *)g)[at + i];
+            pi = ((const float *)p)[at + i];
+        } else {
+            gi = bf16_to_float(((const uint16_t *)g)[at + i]);
+            pi = bf16_to_float(((const uint16_t *)p)[at + i]);
+        }
+        gi = gi * k->sign;
+        if (DECAY == 2) pi = pi * k->factor;
+        if (DECAY == 1) gi = gi + pi * k->wd;
+        float mi = load_moment(STATE, 1, mo->m, cm, at, i, sm) * k->b1 + gi * k->omb1;
+        float vi = load_moment(STATE, 0, mo->v, cv, at, i, sv) * k->b2 + (gi * gi) * k->omb2;
+        float ui = vi;
+        if (MAXMODE) {
+            float c = MAXMODE == 2 ? vi / k->c2 : vi;
+            float a = load_moment(STATE, 0, mo->vm, cu, at, i, su);
+            ui = (a > c || a != a) ? a : c; /* torch.maximum: NaN wins */
+        }
+        float root = sqrtf(ui);
+        float d = root;
+        if (DIVIDE) d = d / k->sc2;
+        d = d + k->eps;
+        float theta = pi + (mi * k->neg_ss) / d;
+        if (THETA == THETA_F32) ((float *)p)[at + i] = theta;
+        else if (THETA == THETA_BF16) ((uint16_t *)p)[at + i] = bf16_nearest(theta);
+        else ((uint16_t *)p)[at + i] = bf16_stochastic(theta, w->key_param, (uint32_t)(at + i));
+        if (blocked) {
+            bm[i] = mi; bv[i] = vi; bu[i] = ui; bs[i] = root;
+            top_m = max_i32(top_m, ibits(mi));
+            top_v = max_i32(top_v, ibits(vi));
+            top_u = max_i32(top_u, ibits(ui));
+        } else {
+            store_moment(STATE, 0, mo->m, at, i, mi, w->key_m);
+            store_moment(STATE, 1, mo->v, at, i, vi, w->key_v);
+            if (MAXMODE) store_moment(STATE, 2, mo->vm, at, i, ui, 0);
+        }
+    }
+    if (blocked) { /* the block maxima, NaN (canonical) if any element is NaN, as torch's amax */
+        maxima[0] = top_m > 0x7F800000 ? as_float(0x7FC00000u) : as_float((uint32_t)top_m);
+        maxima[1] = top_v > 0x7F800000 ? as_float(0x7FC00000u) : as_float((uint32_t)top_v);
+        maxima[2] = top_u > 0x7F800000 ? as_float(0x7FC00000u) : as_float((uint32_t)top_u);
     }
 }
 
-static void run_chunk(const layout_t *L, int selector, int amsgrad, void *p, const void *g, void *m, void *v,
-                      void *vm, float *ms, float *vs, float *vms, int64_t start, int64_t len,
-                      const tensor_work_t *w) {
-    const int block = L->state_kind == STATE_INT4 ? 128 : 256;
+/* The chunk [start, start + len) of one tensor: every block through step_block and, for the block
+   formats, encode_block. */
+static inline __attribute__((always_inline)) void run_chunk_of(
+        const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE,
+        void *p, const void *g, const moments_t *mo, int64_t start, int64_t len, const tensor_work_t *w) {
+    const int block = STATE == STATE_INT4 ? 128 : 256, blocked = STATE == STATE_INT8 || STATE == STATE_INT4;
+    float bm[BLOCK_MAX], bv[BLOCK_MAX], bu[BLOCK_MAX], bs[BLOCK_MAX], maxima[3];
     int64_t at = start, end = start + len;
-    if (block == 256)
-        for (; at + 256 <= end; at += 256) run_block(L, selector, amsgrad, p, g, m, v, vm, ms, vs, vms, at, 256, w);
-    else
-        for (; at + 128 <= end; at += 128) run_block(L, selector, amsgrad, p, g, m, v, vm, ms, vs, vms, at, 128, w);
-    if (at < end) run_block(L, selector, amsgrad, p, g, m, v, vm, ms, vs, vms, at, (int)(end - at), w);
+    while (at < end) {
+        int n = end - at < block ? (int)(end - at) : block;
+        if (n == block) /* full blocks: a constant length, loops without remainders */
+            step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, block, p, g, mo, at, w, bm, bv, bu, bs, maxima);
+        else
+            step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, n, p, g, mo, at, w, bm, bv, bu, bs, maxima);
+        if (blocked) {
+            /* bs holds sqrt(u): the maximum's roots under AMSGrad, v's under Adam. */
+            encode_block(STATE, 0, mo->m, mo->ms, at, n, bm, 0, maxima[0], 0);
+            encode_block(STATE, 1, mo->v, mo->vs, at, n, bv, MAXMODE ? 0 : bs, maxima[1], 0);
+            if (MAXMODE) encode_block(STATE, 2, mo->vm, mo->vms, at, n, bu, bs, maxima[2], 0);
+        }
+        at += n;
+    }
 }
+
+typedef void (*chunk_fn)(void *, const void *, const moments_t *, int64_t, int64_t, const tensor_work_t *);
+
+#define CHUNK_FN(S, T, D, M, V)                                                                 \
+static void chunk_##S##_##T##_##D##_##M##_##V(void *p, const void *g, const moments_t *mo,      \
+                                              int64_t start, int64_t len, const tensor_work_t *w) { \
+    run_chunk_of(S, T, D, M, V, p, g, mo, start, len, w);                                      \
+}
+#define CHUNK_FNS_V(S, T, D, M) CHUNK_FN(S, T, D, M, 0) CHUNK_FN(S, T, D, M, 1)
+#define CHUNK_FNS_M(S, T, D) CHUNK_FNS_V(S, T, D, 0) CHUNK_FNS_V(S, T, D, 1) CHUNK_FNS_V(S, T, D, 2)
+#define CHUNK_FNS(S, T) CHUNK_FNS_M(S, T, 0) CHUNK_FNS_M(S, T, 1) CHUNK_FNS_M(S, T, 2)
+#define TABLE_V(S, T, D, M) chunk_##S##_##T##_##D##_##M##_0, chunk_##S##_##T##_##D##_##M##_1,
+#define TABLE_M(S, T, D) TABLE_V(S, T, D, 0) TABLE_V(S, T, D, 1) TABLE_V(S, T, D, 2)
+#define TABLE(S, T) {TABLE_M(S, T, 0) TABLE_M(S, T, 1) TABLE_M(S, T, 2)}
+
+/* float32 parameters: the three compressed formats; bfloat16 parameters: all five, θ to nearest
+   or stochastically rounded. */
+CHUNK_FNS(2, 0) CHUNK_FNS(3, 0) CHUNK_FNS(4, 0)
+CHUNK_FNS(0, 1) CHUNK_FNS(1, 1) CHUNK_FNS(2, 1) CHUNK_FNS(3, 1) CHUNK_FNS(4, 1)
+CHUNK_FNS(0, 2) CHUNK_FNS(1, 2) CHUNK_FNS(2, 2) CHUNK_FNS(3, 2) CHUNK_FNS(4, 2)
+
+static const chunk_fn CHUNKS[3][5][18] = {
+    {{0}, {0}, TABLE(2, 0), TABLE(3, 0), TABLE(4, 0)},
+    {TABLE(0, 1), TABLE(1, 1), TABLE(2, 1), TABLE(3, 1), TABLE(4, 1)},
+    {TABLE(0, 2), TABLE(1, 2), TABLE(2, 2), TABLE(3, 2), TABLE(4, 2)},
+};
 
 /* One step of n tensors of one layout. Tables of n pointers each: parameters, gradients, the
    three moments (vm NULL for Adam), their scales (NULL tables for the float formats), the step
@@ -353,6 +366,7 @@ int amsgrad_compressed_step(int64_t n, void **p, void **g, void **m, void **v, v
         total += numel[i];
     }
     const int amsgrad = vm != 0;
+    const int theta_kind = L->param_kind == PARAM_F32 ? THETA_F32 : L->stochastic_param ? THETA_BF16_SR : THETA_BF16;
     int64_t chunks = first_chunk[n];
     _Pragma("omp parallel for schedule(static) num_threads(s->num_threads) if(total >= PARALLEL_MIN_ELEMENTS)")
     for (int64_t c = 0; c < chunks; ++c) {
@@ -360,9 +374,10 @@ int amsgrad_compressed_step(int64_t n, void **p, void **g, void **m, void **v, v
         while (hi - lo > 1) { int64_t mid = (lo + hi) / 2; if (first_chunk[mid] <= c) lo = mid; else hi = mid; }
         int64_t start = (c - first_chunk[lo]) * CHUNK;
         int64_t len = numel[lo] - start < CHUNK ? numel[lo] - start : CHUNK;
-        int selector = L->param_kind * 18 + s->decay_mode * 6 + s->max_mode * 2 + work[lo].divide;
-        run_chunk(L, selector, amsgrad, p[lo], g[lo], m[lo], v[lo], amsgrad ? vm[lo] : 0, ms ? ms[lo] : 0,
-                  vs ? vs[lo] : 0, amsgrad && vms ? vms[lo] : 0, start, len, &work[lo]);
+        moments_t mo = {m[lo], v[lo], amsgrad ? vm[lo] : 0, ms ? ms[lo] : 0, vs ? vs[lo] : 0,
+                        amsgrad && vms ? vms[lo] : 0};
+        int variant = s->decay_mode * 6 + (amsgrad ? s->max_mode : 0) * 2 + work[lo].divide;
+        CHUNKS[theta_kind][L->state_kind][variant](p[lo], g[lo], &mo, start, len, &work[lo]);
     }
     free(work); free(first_chunk);
     return 0;
