@@ -18,7 +18,7 @@ from amsgrad.kernels import native
 from amsgrad.kernels.compressed import fused_compressed_step, native_layout, reference_compressed_step
 from amsgrad.kernels.settings import StepSettings
 from amsgrad.quantization.formats import BLOCK_FORMATS
-from amsgrad.quantization.step import Storage, init_storage
+from amsgrad.quantization.state import Storage, init_storage
 from tests.optimizers.configs import CONFIGS
 
 LIB = native.library()

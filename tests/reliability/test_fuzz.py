@@ -1,4 +1,4 @@
-"""Fuzzed inputs: shapes (zero-size too), dtypes, hyperparameters (state_dtype too) in and out of range, extreme
+"""Fuzzed inputs: shapes (zero-size too), dtypes, hyperparameters (state_precision too) in and out of range, extreme
 gradients. Either the documented error with nothing modified, or the readable path and the
 default (fast) path agree, with no NaN from finite inputs.
 
@@ -42,7 +42,8 @@ def hyperparameters(draw):
         lr=draw(st.sampled_from([0.0, 1e-8, 1e-3, 0.1, 1.0, 10.0])),
         betas=(draw(st.sampled_from([0.0, 0.5, 0.9, 0.999999])), draw(st.sampled_from([0.0, 0.5, 0.99, 0.999999]))),
         eps=draw(st.sampled_from([1e-16, 1e-8, 1e-3, 1.0])),
-        state_dtype=draw(st.sampled_from([None, None, torch.float32, torch.float64])),
+        state_precision=draw(st.sampled_from([None, None, torch.float32, torch.float64, torch.bfloat16, "int8", "int4"])),
+        min_compressed_numel=draw(st.sampled_from([0, 4096])),  # 0: even these tiny tensors compressed
     )
 
 
@@ -128,7 +129,7 @@ INVALID = {
     | st.tuples(st.sampled_from([1.0, -0.5, math.inf]), st.sampled_from([0.0, 0.999])),
     "nonfinite": st.sampled_from(["ignore", "Skip", None, ""]),
     "max_of": st.sampled_from(["max", "", None]),
-    "state_dtype": st.sampled_from([torch.float16, torch.bfloat16, torch.int32]),
+    "state_precision": st.sampled_from([torch.float16, torch.int32, "int3", "fp8", 8]),
 }
 
 
@@ -166,12 +167,13 @@ def test_out_of_range_settings_raise_the_documented_error_and_modify_nothing(con
     policy=st.sampled_from(["skip", "raise"]),
     bad=st.sampled_from([math.inf, -math.inf, math.nan]),
     data=st.data(),
-    implementation=st.sampled_from(["readable", "default", "float32-state"]),
+    implementation=st.sampled_from(["readable", "default", "float32-state", "int8-state"]),
 )
 def test_non_finite_gradients_skip_or_raise_with_nothing_modified(config, shape_list, dtype, policy, bad, data,
                                                                     implementation):
     params = make_params(shape_list, dtype, 1)
-    path = {"readable": READABLE, "default": {}, "float32-state": {"state_dtype": torch.float32}}[implementation]
+    path = {"readable": READABLE, "default": {}, "float32-state": {"state_precision": torch.float32},
+            "int8-state": {"state_precision": "int8", "min_compressed_numel": 0}}[implementation]
     optimizer = config.make(params, nonfinite=policy, **path)
     for param, grad in zip(params, make_grads(params, [1.0] * len(params), 2)):
         param.grad = grad

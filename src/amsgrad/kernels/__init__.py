@@ -22,8 +22,12 @@ Which implementation runs, per param group (the ``foreach`` and ``fused`` settin
 A subclass that overrides a hook (``init_state``, ``get_mv``, ``get_lr``,
 ``bias_corrections``, ``adam_update``, ``step_param``) always takes the readable path, since
 only that path calls the hooks; asking it for ``fused=True`` or ``foreach=True`` is refused.
-A group whose ``state_dtype`` is wider than one of its parameters takes the readable path too
-(``Adam._step_group`` decides; ``fused=True``/``foreach=True`` with a ``state_dtype`` are refused).
+Tensors whose ``state_precision`` is not their own dtype (bfloat16, int8 or int4 state, or a
+float state wider than the parameter), and bfloat16 parameters, take the compressed step
+(:mod:`.compressed`): on the fused path our C kernel (``csrc/compressed_step.c``) for contiguous
+CPU float32/bfloat16 tensors, elsewhere the reference step in torch ops
+(:func:`amsgrad.quantization.step.compressed_step`, also the ``foreach`` and readable paths of
+the built-in classes), which computes the same numbers.
 
 Which fused kernel updates a tensor:
 
@@ -53,7 +57,7 @@ from typing import Any
 
 import torch
 
-from . import native
+from . import compressed, native
 from .foreach import foreach_step, read_steps
 from .settings import StepSettings
 from .torch_fused import supports as torch_kernel_supports
@@ -84,6 +88,11 @@ def implementation(group: dict[str, Any], overridden_hooks: tuple[str, ...]) -> 
 def step_group(optimizer: torch.optim.Optimizer, group: dict[str, Any], params: list[torch.Tensor],
                grads: list[torch.Tensor], choice: str) -> None:
     """Update ``params`` of ``group`` on the ``"foreach"`` or ``"fused"`` path (see the module map)."""
+    # Tensors with a low-memory state (or bfloat16 parameters) take the compressed step, :mod:`.compressed`.
+    params, grads = compressed.step_compressed(optimizer, group, params, grads, choice,
+                                               native.library if "native" in CPU_FUSED_BACKENDS else None)
+    if not params:
+        return
     settings = StepSettings.from_group(group)
     batch = _Batch.gather(optimizer, group, params, grads, settings.max_of is not None)
     if choice == "fused":

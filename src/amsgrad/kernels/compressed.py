@@ -10,16 +10,19 @@ for bit (``tests/quantization/test_kernels.py``).
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Sequence
 
 import torch
 
-from ..quantization.formats import MOMENTS
-from ..quantization.step import Storage, compressed_step
+from ..quantization.formats import DEFAULT_MIN_COMPRESSED_NUMEL, MOMENTS
+from ..quantization.state import Storage, needs_compressed_step, storage_for
+from ..quantization.step import compressed_step
 from . import native
 from .settings import StepSettings
 
-__all__ = ["native_layout", "native_settings", "fused_compressed_step", "reference_compressed_step"]
+__all__ = ["native_layout", "native_settings", "fused_compressed_step", "reference_compressed_step",
+           "step_compressed"]
 
 _PARAM_KINDS = {torch.float32: native.PARAM_F32, torch.bfloat16: native.PARAM_BF16}
 
@@ -95,3 +98,74 @@ def reference_compressed_step(settings: StepSettings, storage: Storage, params: 
     """The reference step (torch ops, any device), tensor by tensor."""
     for param, grad, state in zip(params, grads, states):
         compressed_step(settings, param, grad, state, storage, stochastic)
+
+
+_dtype = attrgetter("dtype")
+
+
+def step_compressed(optimizer, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
+                    choice: str, lib_getter) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Step the group's tensors that take the compressed step; return the others (params, grads).
+
+    ``choice`` ``"fused"``: the C kernel for every tensor it takes (``lib_getter()`` builds it;
+    None: no kernel), the reference step for the rest, or, with ``fused=True``, an error naming
+    the first tensor it cannot take, before anything changes. ``"foreach"``: the reference step.
+    """
+    precision = group.get("state_precision")
+    if precision is None and torch.bfloat16 not in set(map(_dtype, params)):
+        return params, grads  # the common case, decided without a loop over the tensors
+    min_numel = group.get("min_compressed_numel", DEFAULT_MIN_COMPRESSED_NUMEL)
+    rest_params, rest_grads, todo = [], [], []
+    for param, grad in zip(params, grads):
+        storage = storage_for(precision, param, min_numel)
+        if needs_compressed_step(storage, param):
+            todo.append((param, grad, storage))
+        else:
+            rest_params.append(param)
+            rest_grads.append(grad)
+    if not todo:
+        return params, grads
+
+    settings = StepSettings.from_group(group)
+    lib = lib_getter() if choice == "fused" and lib_getter is not None else None
+    if choice == "fused" and group.get("fused") is True:
+        for param, grad, storage in todo:  # refuse before anything changes
+            if lib is None or not _kernel_takes(storage, param, grad):
+                raise RuntimeError(_no_kernel(param, storage, lib))
+    batches: dict[Any, list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]] = {}
+    leftover = []
+    for param, grad, storage in todo:
+        state = optimizer.state[param]
+        optimizer._prepare_compressed_state(state, group, param, storage)
+        layout = native_layout(storage, param, grad, state, group["stochastic_rounding"]) if lib is not None else None
+        if layout is None:
+            leftover.append((param, grad, state, storage))
+            continue
+        key = (storage, layout.param_kind, layout.state_kind, layout.stochastic_param, state["step"].dtype)
+        batches.setdefault(key, []).append((param, grad, state))
+    for (storage, param_kind, state_kind, stochastic, _), members in batches.items():
+        layout = native.NativeLayout(param_kind=param_kind, state_kind=state_kind, stochastic_param=stochastic)
+        fused_compressed_step(lib, settings, storage, layout, [m[0] for m in members], [m[1] for m in members],
+                              [m[2] for m in members])
+    for param, grad, state, storage in leftover:
+        compressed_step(settings, param, grad, state, storage, group["stochastic_rounding"])
+    return rest_params, rest_grads
+
+
+def _kernel_takes(storage: Storage, param: torch.Tensor, grad: torch.Tensor) -> bool:
+    """What :func:`native_layout` checks, of the parameter and gradient alone (a fresh state always fits)."""
+    plain = (torch.Tensor, torch.nn.Parameter)
+    return (param.device.type == "cpu" and param.dtype in _PARAM_KINDS and grad.dtype == param.dtype
+            and type(param) in plain and type(grad) in plain and param.is_contiguous() and grad.is_contiguous()
+            and state_kind(storage, param.dtype) is not None)
+
+
+def _no_kernel(param: torch.Tensor, storage: Storage, lib) -> str:
+    what = storage.block_format.name if storage.kind == "block" else f"{storage.kind} {storage.dtype}"
+    if lib is None:
+        why = f"the C kernel is unavailable ({native.unavailable_reason() or 'disabled'})"
+    else:
+        why = ("the compressed kernel takes contiguous CPU float32/bfloat16 parameters with gradients of "
+               "the same dtype")
+    return (f"Invalid fused: True for a {param.dtype} parameter on {param.device.type} with {what} state: {why}. "
+            f"Use fused=None to fall back to the reference step (torch ops).")

@@ -20,11 +20,8 @@ __all__ = [
     "check_betas",
     "check_non_negative",
     "check_optional_bool",
-    "check_state_dtype",
+    "check_non_negative_int",
 ]
-
-#: The dtypes accepted for ``state_dtype`` (besides None): float32 and wider.
-STATE_DTYPES = (torch.float32, torch.float64)
 
 
 def _real_number(name: str, value: Any) -> float:
@@ -86,17 +83,8 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"Invalid {name}: {value!r} (expected one of {options})")
 
 
-def check_state_dtype(name: str, value: Any) -> None:
-    """None (the parameter's dtype) or a floating dtype at least as wide as float32."""
-    if value is None:
-        return
-    if not isinstance(value, torch.dtype):
-        raise TypeError(
-            f"{name} must be None or a torch.dtype (torch.float32 or torch.float64), got {value!r} "
-            f"of type {type(value).__name__}"
-        )
-    if value not in STATE_DTYPES:
-        raise ValueError(
-            f"Invalid {name}: {value} (expected None for the parameter's dtype, or a floating dtype at least "
-            f"as wide as float32: torch.float32 or torch.float64)"
-        )
+def check_non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"Invalid {name}: {value!r} (expected an int >= 0)")

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Iterable
 
 import torch
 
 from .. import kernels
-from ._validation import check_bool, check_state_dtype
+from ..kernels.settings import StepSettings
+from ..quantization import rounding
+from ..quantization.formats import DEFAULT_MIN_COMPRESSED_NUMEL, MOMENTS, parse_state_precision
+from ..quantization.state import (
+    compute_dtype,
+    conform_state,
+    decode,
+    encode,
+    float_moments,
+    init_storage,
+    needs_compressed_step,
+    storage_for,
+    write_param,
+)
+from ..quantization.step import compressed_step
+from ._validation import check_bool, check_non_negative_int
 from .generic import GenericAdaptiveOptimizer, ParamGroup, ParamState
 from .weight_decay import WeightDecay
 
@@ -75,25 +91,40 @@ class Adam(GenericAdaptiveOptimizer):
             ``False``, the multi-tensor step. Both ``None`` (default): the fastest correct path.
         nonfinite: ``"propagate"``, ``"skip"`` or ``"raise"``: what a step does when a gradient
             holds ``inf``/``NaN`` (see :mod:`amsgrad.optimizers.nonfinite`).
-        state_dtype: ``None`` (default): the state has the parameter's dtype, as in
-            ``torch.optim``; ``torch.float32`` or ``torch.float64``: the state (``exp_avg``,
-            ``exp_avg_sq``, ``max_exp_avg_sq``) and the arithmetic of the step are at least
-            that wide, never narrower than the parameter (so float64 parameters keep float64
-            state). Anything else is an error.
+        state_precision: how ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq``) are stored:
+            ``None`` (default), the parameter's dtype, as in ``torch.optim``; ``torch.float32`` or
+            ``torch.float64``, at least that wide (never narrower than the parameter);
+            ``torch.bfloat16`` (6 bytes per parameter, m and v rounded stochastically, the maximum
+            up); ``"int8"`` (3.05 bytes) or ``"int4"`` (1.59 bytes), block-wise quantized
+            (Dettmers et al., ICLR 2022; Li et al., NeurIPS 2023). The names ``"float32"``,
+            ``"float64"``, ``"bfloat16"`` are accepted too. See "Low-memory state" below.
+        stochastic_rounding: for bfloat16 parameters, round θ stochastically when it is written
+            (unbiased: an update below half an ulp is applied on average instead of lost).
+        min_compressed_numel: tensors with fewer elements keep a float32 state under the
+            compressed precisions (default 4096, as bitsandbytes' ``min_8bit_size``).
 
-    Low-precision parameters: with float16 or bfloat16 parameters and ``state_dtype=None`` the
-    moments are float16/bfloat16 too, and in float16 the default ``eps=1e-16`` is 0 while
+    Low-memory state: with a compressed ``state_precision`` the step decodes the state, computes
+    in float32 and encodes it again, in one pass (a fused C kernel on CPU, the reference
+    :func:`amsgrad.quantization.step.compressed_step` in torch ops elsewhere; both give the same
+    numbers, bit for bit). AMSGrad's maximum is rounded *up* when stored, so the decoded
+    :math:`\hat{v}_t` never decreases, element by element, in any format
+    (:mod:`amsgrad.quantization.blockwise` explains why round-to-nearest would break it).
+    Formats and measurements: :mod:`amsgrad.quantization.formats`. ``state_dict()`` holds the
+    compact codes and scales (``torch.load(weights_only=True)`` reads it, and resuming is
+    bit-identical); a float state (ours, or ``torch.optim.Adam``'s) loaded into a compressed
+    group is quantized; :meth:`torch_state_dict` gives ``torch.optim.Adam``'s format back. With
+    bfloat16 parameters every path computes in float32 and rounds θ once per step.
+
+    Low-precision parameters: with float16 or bfloat16 parameters and ``state_precision=None``
+    the moments are float16/bfloat16 too, and in float16 the default ``eps=1e-16`` is 0 while
     :math:`v_t` underflows, so the update divides by 0 (NaN within a few steps).
-    ``state_dtype=torch.float32`` keeps the moments in float32 and computes the step there, on a
-    float32 copy of θ that is rounded back to the parameter's dtype once per step (round to
-    nearest even). It is not a float32 master copy of the parameters: an update smaller than
-    half a unit in the last place of θ is still lost, which is why bfloat16 parameters (8
-    significant bits) stall at about twice float32's loss with either state dtype. The groups
-    where it widens a parameter's state run on the readable path (``foreach=True`` and
-    ``fused=True`` are refused with a ``state_dtype``); groups whose parameters are already as
-    wide keep the fast path and are bit-identical to ``state_dtype=None``. The setting lives in
-    the param groups, and ``load_state_dict`` keeps such a state in its dtype (``torch.optim``
-    would round it to the parameter's).
+    ``state_precision=torch.float32`` keeps the moments in float32 and computes the step there,
+    on a float32 copy of θ that is rounded back to the parameter's dtype once per step. It is not
+    a float32 master copy of the parameters: an update smaller than half a unit in the last place
+    of θ is lost, which is why bfloat16 parameters stall at about twice float32's loss with
+    either state; ``stochastic_rounding=True`` removes that stall. The setting lives in the param
+    groups, and ``load_state_dict`` keeps such a state in its precision (``torch.optim`` would
+    round it to the parameter's dtype).
 
     Extension points (override any, in a subclass): :meth:`init_state`, :meth:`get_mv`,
     :meth:`get_lr`, :meth:`bias_corrections`, :meth:`adam_update`, :meth:`step_param`.
@@ -136,11 +167,15 @@ class Adam(GenericAdaptiveOptimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         nonfinite: str = "propagate",
-        state_dtype: torch.dtype | None = None,
+        state_precision: Any = None,
+        stochastic_rounding: bool = False,
+        min_compressed_numel: int = DEFAULT_MIN_COMPRESSED_NUMEL,
     ):
         defaults = {} if defaults is None else dict(defaults)
         defaults.update(
-            state_dtype=state_dtype,
+            state_precision=parse_state_precision(state_precision),
+            stochastic_rounding=stochastic_rounding,
+            min_compressed_numel=min_compressed_numel,
             weight_decay=weight_decay,
             optimized_update=optimized_update,
             bias_correction=bias_correction,
@@ -155,31 +190,148 @@ class Adam(GenericAdaptiveOptimizer):
         super().validate_group(group)
         check_bool("optimized_update", group["optimized_update"])
         check_bool("bias_correction", group["bias_correction"])
-        check_state_dtype("state_dtype", group["state_dtype"])
+        parse_state_precision(group["state_precision"])
+        check_bool("stochastic_rounding", group["stochastic_rounding"])
+        check_non_negative_int("min_compressed_numel", group["min_compressed_numel"])
         _check_implementation(group, _overridden_hooks(type(self)))
+
+    def add_param_group(self, param_group: ParamGroup) -> None:
+        """As for every optimizer here; ``state_precision`` is stored in its canonical form."""
+        if isinstance(param_group, dict) and "state_precision" in param_group:
+            param_group = dict(param_group)
+            try:
+                param_group["state_precision"] = parse_state_precision(param_group["state_precision"])
+            except ValueError as error:
+                raise ValueError(f"param group {len(self.param_groups)}: {error}") from None
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints of earlier versions name the setting state_dtype (a float dtype or None).
+        for group in state.get("param_groups", []):
+            if "state_dtype" in group and "state_precision" not in group:
+                group["state_precision"] = group.pop("state_dtype")
+        super().__setstate__(state)
 
     def _step_group(self, group: ParamGroup, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """The readable loop, or the fast path that ``foreach``/``fused`` pick (:mod:`amsgrad.kernels`)."""
         choice = kernels.implementation(group, _overridden_hooks(type(self)))
-        if group.get("state_dtype") is not None and any(self._state_dtype(group, p) != p.dtype for p in params):
-            choice = "readable"  # only the readable path keeps a state wider than its parameter
         if choice == "readable":
             super()._step_group(group, params, grads)
         else:
             kernels.step_group(self, group, params, grads, choice)
 
+    def _storage(self, group: ParamGroup, param: torch.Tensor):
+        """How ``param``'s moments are stored under the group's ``state_precision``."""
+        return storage_for(group.get("state_precision"), param,
+                           group.get("min_compressed_numel", DEFAULT_MIN_COMPRESSED_NUMEL))
+
     def _state_dtype(self, group: ParamGroup, param: torch.Tensor) -> torch.dtype:
-        """The wider of the parameter's dtype and the group's ``state_dtype`` (None: the parameter's)."""
-        state_dtype = group.get("state_dtype")
-        return param.dtype if state_dtype is None else torch.promote_types(param.dtype, state_dtype)
+        """The dtype of ``param``'s float moments (the parameter's, or wider; bfloat16 for that format)."""
+        storage = self._storage(group, param)
+        return storage.dtype if storage.kind != "block" else compute_dtype(param, storage)
+
+    def _restore_state_dtypes(self, state_dict: dict[str, Any]) -> None:
+        """Bring every loaded state into its group's storage, from the dict's own tensors.
+
+        ``torch.optim`` casts every floating state tensor to the parameter's dtype (the block
+        scales too); here each state is rebuilt from the saved tensors: kept as it is where it
+        already has the group's storage, quantized or decoded where it does not.
+        """
+        saved_ids = (saved_id for group in state_dict["param_groups"] for saved_id in group["params"])
+        owners = ((group, param) for group in self.param_groups for param in group["params"])
+        for saved_id, (group, param) in zip(saved_ids, owners):
+            saved = state_dict["state"].get(saved_id)
+            if saved is None:
+                continue
+            storage = self._storage(group, param)
+            state = self.state[param]
+            for key, value in saved.items():
+                if key == "step" or not isinstance(value, torch.Tensor):
+                    continue
+                if key in MOMENTS or key.endswith(("_codes", "_scales")) or key == "rounding_seed":
+                    state[key] = value.to(device=param.device, copy=True)
+            conform_state(state, storage, param)
+            if self._needs_seed(group, param, storage) and "rounding_seed" not in state:
+                state["rounding_seed"] = self._new_seed(param)
+
+    def torch_state_dict(self) -> dict[str, Any]:
+        """This optimizer's state in ``torch.optim.Adam``'s format, for ``torch.optim.Adam``/``AdamW``.
+
+        Every state is decoded into float tensors of the parameter's dtype under torch's keys
+        (``step``, ``exp_avg``, ``exp_avg_sq``, and ``max_exp_avg_sq`` for AMSGrad groups); the
+        param groups hold torch's settings: ``lr``, ``betas``, ``eps``, ``weight_decay``,
+        ``amsgrad``, ``maximize``, ``decoupled_weight_decay``, and ``foreach``/``fused`` left to
+        torch. torch continues with *its* update from there, which is ours for groups with
+        ``optimized_update=False`` and raw maxima; ε̂ of ``optimized_update=True`` is handed over
+        as ε, and torch has no absolute decay, corrected maximum or unbiased form.
+
+        Example:
+            >>> import torch, amsgrad
+            >>> w = torch.nn.Parameter(torch.randn(8192))
+            >>> ours = amsgrad.AMSGrad([w], lr=1e-3, eps=1e-8, optimized_update=False, state_precision="int8")
+            >>> w.grad = torch.randn(8192)
+            >>> _ = ours.step()
+            >>> theirs = torch.optim.Adam([w], lr=1e-3, amsgrad=True)
+            >>> theirs.load_state_dict(ours.torch_state_dict())
+            >>> sorted(theirs.state[w]), theirs.state[w]["exp_avg"].dtype
+            (['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step'], torch.float32)
+        """
+        ours = self.state_dict()
+        index = {id(param): position for position, param in
+                 enumerate(param for group in self.param_groups for param in group["params"])}
+        state = {}
+        for group in self.param_groups:
+            for param in group["params"]:
+                entries = self.state.get(param)
+                if not entries:
+                    continue
+                moments = float_moments(entries, param)
+                if not group.get("amsgrad", False):
+                    moments.pop("max_exp_avg_sq", None)
+                state[index[id(param)]] = {"step": entries["step"].detach().clone().float(), **moments}
+        groups = []
+        for group, saved in zip(self.param_groups, ours["param_groups"]):
+            groups.append({
+                "lr": group["lr"], "betas": group["betas"], "eps": group["eps"],
+                "weight_decay": group["weight_decay"], "amsgrad": bool(group.get("amsgrad", False)),
+                "maximize": group["maximize"], "foreach": None, "capturable": False, "differentiable": False,
+                "fused": None, "decoupled_weight_decay": bool(group["decoupled_weight_decay"]),
+                "params": saved["params"],
+            })
+        return {"state": state, "param_groups": groups}
+
+    def _prepare_compressed_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor, storage) -> None:
+        """Create the state, or bring it into ``storage`` (the precision of a group may change), with a seed
+        where something is rounded stochastically."""
+        if not state:
+            self.init_state(state, group, param)
+            return
+        conform_state(state, storage, param)
+        if self._needs_seed(group, param, storage) and "rounding_seed" not in state:
+            state["rounding_seed"] = self._new_seed(param)
+
+    # -------------------------------------------------------- rounding seeds
+    def _needs_seed(self, group: ParamGroup, param: torch.Tensor, storage) -> bool:
+        return storage.stochastic or (group.get("stochastic_rounding", False) and param.dtype == torch.bfloat16)
+
+    def _new_seed(self, param: torch.Tensor) -> torch.Tensor:
+        """The seed of ``param``'s random rounding: from its position in the optimizer, so that every
+        run (and every rank of a data-parallel job) draws the same bits; saved in the state."""
+        for group_index, group in enumerate(self.param_groups):
+            for position, candidate in enumerate(group["params"]):
+                if candidate is param:
+                    return torch.tensor((group_index << 32) + position, dtype=torch.int64)
+        return torch.tensor(0, dtype=torch.int64)
 
     # ------------------------------------------------------------------ hooks
     def init_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor) -> None:
-        """``step`` = 0 and :math:`m_0 = v_0 = 0`, shaped like the parameter, in the state's dtype."""
-        dtype = self._state_dtype(group, param)
+        """``step`` = 0 and :math:`m_0 = v_0 = 0`, in the group's ``state_precision``."""
+        storage = self._storage(group, param)
+        _refuse_sharded_compression(group, param, storage)
         state["step"] = _new_step_counter()
-        state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+        init_storage(state, storage, param, keys=MOMENTS[:2])
+        if self._needs_seed(group, param, storage):
+            state["rounding_seed"] = self._new_seed(param)
 
     def get_mv(self, state: ParamState, group: ParamGroup, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Update the moving averages in place and return :math:`(m_t, v_t)`."""
@@ -222,18 +374,58 @@ class Adam(GenericAdaptiveOptimizer):
     def step_param(self, state: ParamState, group: ParamGroup, grad: torch.Tensor, param: torch.Tensor) -> None:
         """Weight decay, then :math:`t \\leftarrow t + 1`, the moments, and the update.
 
-        With a ``state_dtype`` wider than the parameter, all of it is computed in that dtype
-        on a copy of the parameter, which is rounded back into the parameter once, at the end.
+        With a ``state_precision`` other than the parameter's dtype (or a bfloat16 parameter),
+        the moments are decoded, the step is computed in float32 (or float64) on a copy of the
+        parameter, and everything is stored again once, at the end: the built-in classes run
+        :func:`amsgrad.quantization.step.compressed_step`, which defines these numbers; a
+        subclass that overrides a hook has its hooks run on the decoded moments.
         """
-        work, dtype = param, self._state_dtype(group, param)
-        if dtype != param.dtype:
-            work, grad = param.to(dtype), grad.to(dtype)
-        grad = WeightDecay.apply(work, grad, group, self.get_lr(state, group))
+        storage = self._storage(group, param)
+        if needs_compressed_step(storage, param):
+            self._prepare_compressed_state(state, group, param, storage)
+            if _overridden_hooks(type(self)):
+                self._step_decoded(state, group, grad, param, storage)
+            else:  # the grad is already negated for maximize
+                settings = dataclasses.replace(StepSettings.from_group(group), maximize=False)
+                compressed_step(settings, param, grad, state, storage, group["stochastic_rounding"])
+            return
+        grad = WeightDecay.apply(param, grad, group, self.get_lr(state, group))
         state["step"] += 1
         m, v = self.get_mv(state, group, grad)
-        self.adam_update(state, group, work, m, v)
-        if work is not param:
-            param.copy_(work)
+        self.adam_update(state, group, param, m, v)
+
+    def _step_decoded(self, state: ParamState, group: ParamGroup, grad: torch.Tensor, param: torch.Tensor,
+                      storage) -> None:
+        """The hooks, on float copies of θ and of the moments (a subclass's readable path)."""
+        dtype = compute_dtype(param, storage)
+        work, grad = param.to(dtype), grad.to(dtype)
+        local = dict(state)
+        keys = [key for key in MOMENTS if key in state or f"{key}_codes" in state]
+        for key in keys:
+            local[key] = decode(state, key, storage, param).clone()
+        grad = WeightDecay.apply(work, grad, group, self.get_lr(local, group))
+        local["step"] += 1  # the same tensor as state["step"]
+        m, v = self.get_mv(local, group, grad)
+        self.adam_update(local, group, work, m, v)
+        seed = int(state["rounding_seed"]) if "rounding_seed" in state else None
+        step = int(float(state["step"]))
+        for key in MOMENTS:
+            if key in local and key not in keys:  # a hook created it (the maximum of a switched group)
+                init_storage(state, storage, param, keys=(key,))
+            if key in local:
+                encode(state, key, storage, local[key], seed, step)
+        write_param(param, work, group["stochastic_rounding"], seed, step)
+
+
+def _refuse_sharded_compression(group: ParamGroup, param: torch.Tensor, storage) -> None:
+    """A DTensor (FSDP2) parameter with a compressed state is refused: its blocks would not be the
+    global tensor's, and nothing would say so."""
+    if storage.kind != "float" and hasattr(param, "to_local") and hasattr(param, "device_mesh"):
+        raise ValueError(
+            f"Invalid state_precision: {group['state_precision']!r} for a DTensor parameter (FSDP2, shape "
+            f"{tuple(param.shape)}): compressed state is not supported for sharded parameters; use "
+            f"state_precision=None or torch.float32 for them (a param group of their own)"
+        )
 
 
 _OVERRIDDEN_HOOKS: dict[type, tuple[str, ...]] = {}
@@ -254,12 +446,6 @@ def _check_implementation(group: ParamGroup, overridden_hooks: tuple[str, ...]) 
     if fused and foreach:
         raise ValueError("Invalid fused: True with foreach=True (choose one; None lets the optimizer choose)")
     for key, value in (("fused", fused), ("foreach", foreach)):
-        if value and group.get("state_dtype") is not None:
-            raise ValueError(
-                f"Invalid {key}: True with state_dtype={group['state_dtype']}: only the readable per-tensor path "
-                f"keeps a state wider than its parameter (use {key}=None, which takes the fast path for "
-                f"parameters already as wide as state_dtype)"
-            )
         if value and overridden_hooks:
             raise ValueError(
                 f"Invalid {key}: True for a subclass that overrides {', '.join(overridden_hooks)}: only the "

@@ -6,6 +6,8 @@ from typing import Any, Iterable
 
 import torch
 
+from ..quantization.formats import DEFAULT_MIN_COMPRESSED_NUMEL
+from ..quantization.state import init_storage
 from ._validation import check_bool, check_choice
 from .adam import Adam
 from .generic import ParamGroup, ParamState
@@ -57,6 +59,13 @@ class AMSGrad(Adam):
       (The paper's :math:`β_{1t}` schedule is not modelled; a constant β1 is the common case.)
     * ``amsgrad=False``: plain :class:`~amsgrad.Adam`.
 
+    Low-memory state: ``state_precision=torch.bfloat16``, ``"int8"`` or ``"int4"`` stores the
+    three moments in 6, 3.05 or 1.59 bytes per parameter (torch's AMSGrad: 12). The maximum is
+    rounded up when stored, so its decoded value never decreases, element by element, at any
+    step and in every format, as AMSGrad's analysis needs (see :class:`~amsgrad.Adam` and
+    :mod:`amsgrad.quantization`). bitsandbytes refuses 8-bit AMSGrad; torchao rounds the
+    maximum to nearest, which lets it decrease.
+
     Non-finite gradients: the maximum is sticky. One ``inf`` in a gradient makes that element's
     :math:`\hat{v}_t` infinite forever, so its step is 0 and the parameter silently freezes;
     one ``NaN`` poisons :math:`\hat{v}_t` (and the parameter) for good. ``nonfinite="skip"``
@@ -71,8 +80,9 @@ class AMSGrad(Adam):
 
     Args:
         params, lr, betas, eps, weight_decay, optimized_update, maximize, bias_correction,
-        foreach, fused, nonfinite, state_dtype: as for :class:`~amsgrad.Adam` (implementations too: a
-        subclass that overrides a hook runs on the readable path).
+        foreach, fused, nonfinite, state_precision, stochastic_rounding, min_compressed_numel: as for
+        :class:`~amsgrad.Adam` (implementations too: a subclass that overrides a hook runs on the
+        readable path).
         amsgrad: keep the running maximum (``False`` falls back to Adam).
         defaults: extra param-group settings, for subclasses (never modified).
         max_of: ``"raw"`` or ``"corrected"``, as above.
@@ -113,7 +123,9 @@ class AMSGrad(Adam):
         foreach: bool | None = None,
         fused: bool | None = None,
         nonfinite: str = "propagate",
-        state_dtype: torch.dtype | None = None,
+        state_precision: Any = None,
+        stochastic_rounding: bool = False,
+        min_compressed_numel: int = DEFAULT_MIN_COMPRESSED_NUMEL,
     ):
         defaults = {} if defaults is None else dict(defaults)
         defaults.update(amsgrad=amsgrad, max_of=max_of)
@@ -130,7 +142,9 @@ class AMSGrad(Adam):
             nonfinite=nonfinite,
             foreach=foreach,
             fused=fused,
-            state_dtype=state_dtype,
+            state_precision=state_precision,
+            stochastic_rounding=stochastic_rounding,
+            min_compressed_numel=min_compressed_numel,
         )
 
     def validate_group(self, group: ParamGroup) -> None:
@@ -142,7 +156,7 @@ class AMSGrad(Adam):
         """Adam's state, plus :math:`\\hat{v}_0 = 0` (``max_exp_avg_sq``) when ``amsgrad``."""
         super().init_state(state, group, param)
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"], memory_format=torch.preserve_format)
+            init_storage(state, self._storage(group, param), param, keys=("max_exp_avg_sq",))
 
     def get_mv(self, state: ParamState, group: ParamGroup, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:math:`(m_t, \\hat{v}_t)`; Adam's :math:`(m_t, v_t)` when ``amsgrad`` is off."""

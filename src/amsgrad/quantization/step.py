@@ -30,108 +30,16 @@ float32 :math:`m_t, u_t`; only the next step sees them decoded.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from typing import Any
 
 import torch
 
 from ..kernels.settings import StepSettings
-from . import blockwise, rounding
-from .formats import BLOCK_FORMATS, MOMENTS, BlockFormat
+from . import rounding
+from .state import Storage, compute_dtype, decode, encode, write_param
 
-__all__ = ["Storage", "storage_for", "init_storage", "decode", "encode", "compressed_step"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Storage:
-    """How one parameter's moments are stored.
-
-    ``kind``: ``"float"`` (tensors of ``dtype``, written to nearest, as torch does), ``"bfloat16"``
-    (m, v stochastically rounded, v̂ rounded up) or ``"block"`` (``block_format``).
-    """
-
-    kind: str
-    dtype: torch.dtype | None = None
-    block_format: BlockFormat | None = None
-
-    @property
-    def stochastic(self) -> bool:
-        return self.kind == "bfloat16"
-
-
-def compute_dtype(param: torch.Tensor) -> torch.dtype:
-    """The arithmetic's dtype: float32, or the parameter's if wider (float64)."""
-    return torch.promote_types(param.dtype, torch.float32)
-
-
-def storage_for(precision: Any, param: torch.Tensor, min_compressed_numel: int) -> Storage:
-    """The storage that ``state_precision`` (canonical) gives ``param``."""
-    if precision is None:
-        return Storage("float", param.dtype)
-    if isinstance(precision, torch.dtype) and precision != torch.bfloat16:
-        return Storage("float", torch.promote_types(param.dtype, precision))
-    if param.numel() < min_compressed_numel:
-        return Storage("float", compute_dtype(param))
-    if precision == torch.bfloat16:
-        return Storage("bfloat16", torch.bfloat16)
-    return Storage("block", block_format=BLOCK_FORMATS[precision])
-
-
-def init_storage(state: dict[str, Any], storage: Storage, param: torch.Tensor, keys=MOMENTS) -> None:
-    """Zero moments for ``keys`` in ``storage`` (codes and scales for a block format)."""
-    for key in keys:
-        if storage.kind == "block":
-            fmt = storage.block_format
-            state[f"{key}_codes"] = torch.zeros(blockwise.code_bytes(param.numel(), fmt.bits), dtype=torch.uint8,
-                                                device=param.device)
-            state[f"{key}_scales"] = torch.zeros(blockwise.block_count(param.numel(), fmt.block), dtype=torch.float32,
-                                                 device=param.device)
-        else:
-            state[key] = torch.zeros_like(param, dtype=storage.dtype, memory_format=torch.contiguous_format)
-
-
-def decode(state: dict[str, Any], key: str, storage: Storage, param: torch.Tensor) -> torch.Tensor:
-    """The moment ``key`` as a tensor shaped like ``param``, in the arithmetic's dtype."""
-    dtype = compute_dtype(param)
-    if storage.kind == "block":
-        fmt = storage.block_format
-        values = blockwise.dequantize(state[f"{key}_codes"], state[f"{key}_scales"], fmt.code_map(key), fmt.block,
-                                      param.numel())
-        return values.to(dtype).reshape(param.shape)
-    return state[key].to(dtype)
-
-
-def encode(state: dict[str, Any], key: str, storage: Storage, value: torch.Tensor, seed: int | None = None,
-           step: int = 0) -> None:
-    """Store ``value`` (the new moment) into the state, rounding as the storage says."""
-    if storage.kind == "block":
-        fmt = storage.block_format
-        codes, scales = blockwise.quantize(value, fmt.code_map(key), fmt.block, round_up=key == "max_exp_avg_sq")
-        state[f"{key}_codes"].copy_(codes)
-        state[f"{key}_scales"].copy_(scales)
-    elif storage.kind == "bfloat16":
-        if key == "max_exp_avg_sq":
-            rounded = rounding.round_up_bfloat16(value)
-        else:
-            role = rounding.ROLE_EXP_AVG if key == "exp_avg" else rounding.ROLE_EXP_AVG_SQ
-            bits = rounding.random_bits(rounding.rounding_key(seed, step, role), 0, value.numel(), value.device)
-            rounded = rounding.stochastic_round_bfloat16(value, bits)
-        state[key].copy_(rounded.reshape(state[key].shape))
-    else:
-        state[key].copy_(value)
-
-
-def write_param(param: torch.Tensor, value: torch.Tensor, stochastic: bool, seed: int | None, step: int) -> None:
-    """θ into its dtype: to nearest even, or stochastically for a bfloat16 parameter."""
-    if stochastic and param.dtype == torch.bfloat16:
-        bits = rounding.random_bits(rounding.rounding_key(seed, step, rounding.ROLE_PARAM), 0, value.numel(),
-                                    value.device)
-        param.copy_(rounding.stochastic_round_bfloat16(value, bits).reshape(param.shape))
-    elif param.dtype == torch.bfloat16:
-        param.copy_(rounding.round_nearest_bfloat16(value).reshape(param.shape))
-    else:
-        param.copy_(value)
+__all__ = ["compressed_step"]
 
 
 def _f32(x: float) -> float:
@@ -142,7 +50,7 @@ def compressed_step(settings: StepSettings, param: torch.Tensor, grad: torch.Ten
                     storage: Storage, stochastic_rounding: bool = False) -> None:
     """One step of one real tensor (a complex one as its real view), state in ``storage``; increments ``step``."""
     s = settings
-    dtype = compute_dtype(param)
+    dtype = compute_dtype(param, storage)
     scalar = _f32 if dtype == torch.float32 else float
     amsgrad = s.max_of is not None
     state["step"] += 1
