@@ -10,7 +10,6 @@ import torch
 
 from .. import kernels
 from ..kernels.settings import StepSettings
-from ..quantization import rounding
 from ..quantization.formats import DEFAULT_MIN_COMPRESSED_NUMEL, MOMENTS, parse_state_precision
 from ..quantization.state import (
     compute_dtype,
@@ -214,6 +213,11 @@ class Adam(GenericAdaptiveOptimizer):
 
     def _step_group(self, group: ParamGroup, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """The readable loop, or the fast path that ``foreach``/``fused`` pick (:mod:`amsgrad.kernels`)."""
+        layout = (group.get("state_precision"), group.get("min_compressed_numel"))
+        seen = self.__dict__.setdefault("_layouts_seen", {})
+        if seen.get(id(group)) != layout:  # a new group, a loaded one, or its precision changed
+            self._conform_group(group)
+            seen[id(group)] = layout
         choice = kernels.implementation(group, _overridden_hooks(type(self)))
         if choice == "readable":
             super()._step_group(group, params, grads)
@@ -299,6 +303,13 @@ class Adam(GenericAdaptiveOptimizer):
                 "params": saved["params"],
             })
         return {"state": state, "param_groups": groups}
+
+    def _conform_group(self, group: ParamGroup) -> None:
+        """Bring every existing state of the group into the storage its settings ask for."""
+        for param in group["params"]:
+            state = self.state.get(param)
+            if state:
+                self._prepare_compressed_state(state, group, param, self._storage(group, param))
 
     def _prepare_compressed_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor, storage) -> None:
         """Create the state, or bring it into ``storage`` (the precision of a group may change), with a seed
