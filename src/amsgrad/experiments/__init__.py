@@ -14,8 +14,13 @@ A map of the package:
 
 * :mod:`~amsgrad.experiments.sweep` — a grid of (β1, β2), run in parallel.
 * :mod:`~amsgrad.experiments.plotting` — the figures (matplotlib, PNG).
-* :mod:`~amsgrad.experiments.tracking` — recording runs with MLflow.
+* :mod:`~amsgrad.experiments.tracking` — recording runs with MLflow, in a separate process
+  (:mod:`~amsgrad.experiments.recorder`); :mod:`~amsgrad.experiments.mlflow_store`, the local
+  SQLite store (checked, created once, written to fast).
 * :mod:`~amsgrad.experiments.report` — tables, JSON and the files written to ``--out``.
+* :mod:`~amsgrad.experiments.cost` — a job's cost, estimated before it starts, and its limits.
+* :mod:`~amsgrad.experiments.stopping` — how long jobs stop on SIGINT/SIGTERM: a flag checked
+  between chunks of work.
 
 The command line (``amsgrad synthetic``, ``amsgrad sweep``) is a thin layer over these, in
 :mod:`amsgrad.cli`.
