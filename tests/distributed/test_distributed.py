@@ -97,6 +97,27 @@ def test_zero_redundancy_optimizer_trains_and_its_consolidated_state_round_trips
             torch.testing.assert_close(consolidated["state"][index][key], value, rtol=0, atol=TOLERANCE)
 
 
+def test_int8_state_under_ddp_and_zero_redundancy_optimizer(tmp_path):
+    run_scenario("lowmem", tmp_path)
+    ranks = [load(tmp_path / f"lowmem-rank{rank}.pt") for rank in range(2)]
+    # DDP: every rank holds the same parameters and the same codes, bit for bit.
+    assert_identical_runs(ranks[1]["ddp"], ranks[0]["ddp"])
+    codes = ranks[0]["ddp"]["state"]["module.0.weight"]
+    assert codes["exp_avg_codes"].dtype == torch.uint8 and "exp_avg" not in codes
+    # And close to one process on the combined batches (the all-reduce's order can move a code).
+    reference = ranks[0]["reference"]
+    for name, value in reference["params"].items():
+        torch.testing.assert_close(ranks[0]["ddp"]["params"]["module." + name], value, rtol=0, atol=1e-3)
+    # ZeRO: each rank's partition is compressed; the consolidated dict resumes bit for bit.
+    for result in ranks:
+        assert "exp_avg_codes" in result["zero_local_keys"]
+        for name, value in result["zero_params"].items():
+            assert torch.equal(result["zero_resumed_params"][name], value), name
+    assert ranks[0]["zero_params"].keys() == ranks[1]["zero_params"].keys()
+    for name in ranks[0]["zero_params"]:
+        assert torch.equal(ranks[0]["zero_params"][name], ranks[1]["zero_params"][name]), name
+
+
 def test_distributed_checkpoint_under_fsdp2_resumes_bit_identically(tmp_path):
     run_scenario("dcp_save", tmp_path)
     run_scenario("dcp_load", tmp_path)

@@ -186,6 +186,40 @@ def zero(out: Path, rank: int, world_size: int) -> None:
     torch.save(result, out / f"zero-rank{rank}.pt")
 
 
+def lowmem(out: Path, rank: int, world_size: int) -> None:
+    """int8 state (every tensor, however small) under DDP and under ZeroRedundancyOptimizer."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    settings = dict(SETTINGS, state_precision="int8", min_compressed_numel=0)
+    batch_for = lambda step: rank_batch(step, rank, world_size)  # noqa: E731
+    model = DistributedDataParallel(make_model())
+    optimizer = amsgrad.AMSGrad(model.parameters(), **settings)
+    train(model, optimizer, range(6), batch_for)
+    result = {"ddp": snapshot(model, optimizer)}
+
+    zmodel = DistributedDataParallel(make_model())
+    zero_optimizer = ZeroRedundancyOptimizer(zmodel.parameters(), optimizer_class=amsgrad.AMSGrad, **settings)
+    train(zmodel, zero_optimizer, range(6), batch_for)
+    zero_optimizer.consolidate_state_dict(to=0)
+    if rank == 0:
+        torch.save(zero_optimizer.state_dict(), out / "lowmem-zero.pt")
+    dist.barrier()
+    consolidated = torch.load(out / "lowmem-zero.pt", weights_only=True)
+    resumed_model = DistributedDataParallel(make_model(seed=1))
+    resumed_model.load_state_dict(zmodel.state_dict())
+    resumed = ZeroRedundancyOptimizer(resumed_model.parameters(), optimizer_class=amsgrad.AMSGrad, lr=1.0)
+    resumed.load_state_dict(consolidated)
+    train(zmodel, zero_optimizer, range(6, 10), batch_for)
+    train(resumed_model, resumed, range(6, 10), batch_for)
+    result["zero_params"] = {strip(k): v.detach().clone() for k, v in zmodel.named_parameters()}
+    result["zero_resumed_params"] = {strip(k): v.detach().clone() for k, v in resumed_model.named_parameters()}
+    result["zero_local_keys"] = sorted({key for state in zero_optimizer.optim.state.values() for key in state})
+    if rank == 0:
+        result["reference"] = reference(range(6), world_size, state_precision="int8", min_compressed_numel=0)
+    torch.save(result, out / f"lowmem-rank{rank}.pt")
+
+
 def _dcp_state(model, optimizer):
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -220,7 +254,7 @@ def dcp_load(out: Path, rank: int, world_size: int) -> None:
     torch.save(snapshot(model, optimizer), out / f"dcp-resumed-rank{rank}.pt")
 
 
-SCENARIOS = {f.__name__: f for f in (ddp, fsdp, zero, dcp_save, dcp_load)}
+SCENARIOS = {f.__name__: f for f in (ddp, fsdp, zero, lowmem, dcp_save, dcp_load)}
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,155 @@
+"""Training quality with low-memory state: a small CNN on the 8x8 digits, every format, 3 seeds.
+
+The data are scikit-learn's handwritten digits (1,797 8x8 images, shipped inside the package:
+nothing is downloaded), 1,500 for training and 297 held out. The model is a small CNN
+(conv 1→16, conv 16→32, max-pool, 512→64→10; 38K parameters, 98 % of them in tensors of at
+least 4,096 elements, which are the ones compressed). Each run trains ``--steps`` minibatch
+steps of 32 from the same initial weights and batch order per seed; the loss of the whole
+training set is recorded every ``--every`` steps. Reported: the final training loss (mean and
+spread over seeds, and its ratio to float32 AMSGrad), the held-out accuracy, and a PNG of the
+curves.
+
+``python -m benchmarks low_memory_training --help``; needs scikit-learn and matplotlib
+(``pip install '.[bench,experiments]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import amsgrad
+
+RUNS = {
+    "AMSGrad float32": dict(cls="AMSGrad"),
+    "AMSGrad bfloat16 state": dict(cls="AMSGrad", state_precision=torch.bfloat16),
+    "AMSGrad int8 state": dict(cls="AMSGrad", state_precision="int8"),
+    "AMSGrad int4 state": dict(cls="AMSGrad", state_precision="int4"),
+    "Adam float32": dict(cls="Adam"),
+    "AMSGrad bf16 params": dict(cls="AMSGrad", params=torch.bfloat16),
+    "AMSGrad bf16 params, stochastic rounding": dict(cls="AMSGrad", params=torch.bfloat16, stochastic_rounding=True),
+}
+BASELINE = "AMSGrad float32"
+
+
+def load_digits():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    data = sklearn_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
+    x, y = x[order], y[order]
+    return (x[:1500], y[:1500]), (x[1500:], y[1500:])
+
+
+def make_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(32 * 4 * 4, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+
+def train(name: str, seed: int, steps: int, every: int, lr: float, data) -> dict:
+    spec = dict(RUNS[name])
+    cls = getattr(amsgrad, spec.pop("cls"))
+    dtype = spec.pop("params", torch.float32)
+    (x, y), (x_test, y_test) = data
+    model = make_model(seed).to(dtype)
+    optimizer = cls(model.parameters(), lr=lr, eps=1e-8, **spec)
+    generator = torch.Generator().manual_seed(seed)
+    curve = []
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        index = torch.randint(0, len(y), (32,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(x[index].to(dtype)).float(), y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % every == 0 or step == steps:
+            with torch.no_grad():
+                curve.append((step, float(torch.nn.functional.cross_entropy(model(x.to(dtype)).float(), y))))
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        accuracy = float((model(x_test.to(dtype)).argmax(1) == y_test).float().mean())
+    return dict(name=name, seed=seed, curve=curve, final=curve[-1][1], accuracy=accuracy, seconds=seconds)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"AMSGrad float32": ("black", "-"), "AMSGrad bfloat16 state": ("tab:blue", "--"),
+              "AMSGrad int8 state": ("tab:green", "-."), "AMSGrad int4 state": ("tab:orange", ":"),
+              "Adam float32": ("tab:gray", (0, (1, 1))), "AMSGrad bf16 params": ("tab:red", "--"),
+              "AMSGrad bf16 params, stochastic rounding": ("tab:purple", "-")}
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, names in ((axes[0], list(RUNS)[:5]), (axes[1], [BASELINE] + list(RUNS)[5:])):
+        for name in names:
+            runs = [r for r in results if r["name"] == name]
+            steps = [s for s, _ in runs[0]["curve"]]
+            losses = torch.tensor([[loss for _, loss in r["curve"]] for r in runs])
+            color, style = styles[name]
+            ax.plot(steps, losses.mean(0), color=color, linestyle=style, label=name)
+            ax.fill_between(steps, losses.min(0).values, losses.max(0).values, color=color, alpha=0.12)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("training loss (whole set), mean and range of seeds")
+    axes[0].set_title("optimizer state precision (float32 parameters)")
+    axes[1].set_title("bfloat16 parameters (state: bfloat16)")
+    figure.suptitle("Small CNN on the 8x8 digits: AMSGrad with low-memory state", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks low_memory_training", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("runs/low_memory_training"))
+    args = parser.parse_args(argv)
+    try:
+        data = load_digits()
+    except ImportError:
+        print("scikit-learn is not installed (pip install '.[bench]'): its digits are the data of this benchmark")
+        return 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = [train(name, seed, args.steps, args.every, args.lr, data) for seed in range(args.seeds)
+                   for name in RUNS]
+    finally:
+        torch.set_num_threads(threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = statistics.mean(r["final"] for r in results if r["name"] == BASELINE)
+    print(f"{args.steps} steps, batch 32, lr {args.lr}, {args.seeds} seeds; torch {torch.__version__}, 1 thread\n")
+    print(f"{'run':42s} {'final train loss':>22s} {'vs float32':>10s} {'held-out acc':>12s} {'s/run':>6s}")
+    summary = []
+    for name in RUNS:
+        runs = [r for r in results if r["name"] == name]
+        finals = [r["final"] for r in runs]
+        mean, spread = statistics.mean(finals), (max(finals) - min(finals)) / 2
+        accuracy = statistics.mean(r["accuracy"] for r in runs)
+        seconds = statistics.mean(r["seconds"] for r in runs)
+        summary.append(dict(name=name, final_mean=mean, finals=finals, ratio=mean / base, accuracy=accuracy))
+        print(f"{name:42s} {mean:12.5f} ± {spread:<8.5f} {mean / base:10.3f} {accuracy:12.3f} {seconds:6.1f}")
+    (args.out / "results.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=1))
+    try:
+        plot(results, args.out / "low_memory_training.png")
+        print(f"\nplot    {args.out / 'low_memory_training.png'}")
+    except ImportError:
+        print("\nmatplotlib is not installed: no plot")
+    print(f"results {args.out / 'results.json'}")
+    return 0
