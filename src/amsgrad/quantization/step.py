@@ -31,13 +31,15 @@ float32 :math:`m_t, u_t`; only the next step sees them decoded.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..kernels.settings import StepSettings
 from . import rounding
 from .state import Storage, compute_dtype, decode, encode, write_param
+
+if TYPE_CHECKING:  # the formats do not import the kernels (which import them)
+    from ..kernels.settings import StepSettings
 
 __all__ = ["compressed_step"]
 
