@@ -279,17 +279,7 @@ def _increment_steps(steps: list[torch.Tensor], device: torch.device, dtype: tor
 
 
 def _native_settings(s: StepSettings, step_is_double: bool) -> native.NativeSettings:
-    if s.weight_decay == 0.0:
-        decay_mode = native.DECAY_NONE
-    else:
-        decay_mode = native.DECAY_SCALE_PARAM if s.decoupled else native.DECAY_COUPLED
-    max_mode = {None: native.MAX_NONE, "raw": native.MAX_RAW, "corrected": native.MAX_CORRECTED}[s.max_of]
-    return native.NativeSettings(
-        lr=s.lr, beta1=s.beta1, beta2=s.beta2, eps=s.eps, weight_decay=s.weight_decay,
-        decay_factor=s.decay_factor, sign=-1.0 if s.maximize else 1.0, decay_mode=decay_mode, max_mode=max_mode,
-        optimized_update=int(s.optimized_update), bias_correction=int(s.bias_correction),
-        step_is_double=int(step_is_double), num_threads=torch.get_num_threads(),
-    )
+    return compressed.native_settings(s, step_is_double)
 
 
 _FUSED_DEVICES: tuple[str, ...] = ()

@@ -229,11 +229,6 @@ class Adam(GenericAdaptiveOptimizer):
         return storage_for(group.get("state_precision"), param,
                            group.get("min_compressed_numel", DEFAULT_MIN_COMPRESSED_NUMEL))
 
-    def _state_dtype(self, group: ParamGroup, param: torch.Tensor) -> torch.dtype:
-        """The dtype of ``param``'s float moments (the parameter's, or wider; bfloat16 for that format)."""
-        storage = self._storage(group, param)
-        return storage.dtype if storage.kind != "block" else compute_dtype(param, storage)
-
     def _restore_state_dtypes(self, state_dict: dict[str, Any]) -> None:
         """Bring every loaded state into its group's storage, from the dict's own tensors.
 

@@ -14,7 +14,7 @@ never decreases, and infinities never leave the moments either (:math:`β_2 \cdo
   :math:`\hat{v}_t` are ``NaN`` for good.
 
 The first case has finite gradients, so no ``nonfinite`` policy sees it: train float16
-parameters with float32 state (``state_dtype=torch.float32``), where :math:`g^2` cannot
+parameters with float32 state (``state_precision=torch.float32``), where :math:`g^2` cannot
 overflow. The second case is what ``nonfinite`` handles.
 
 Each param group chooses, with ``nonfinite``:

@@ -141,8 +141,7 @@ static inline void pack4(const uint8_t *restrict codes, uint8_t *restrict packed
    ROOT: the elements' square roots where the update has them (NULL: computed here). */
 static inline __attribute__((always_inline)) void encode_block(
         const int STATE, const int ROLE, void *restrict storage, float *restrict scales, int64_t start, int len,
-        const float *restrict x, const float *restrict root, float s, int unused) {
-    (void)unused;
+        const float *restrict x, const float *restrict root, float s) {
     const int eight = STATE == STATE_INT8;
     const int block = eight ? 256 : 128;
     const float r = reciprocal_scale(s);
@@ -302,9 +301,9 @@ static inline __attribute__((always_inline)) void run_chunk_of(
             step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, n, p, g, mo, at, w, bm, bv, bu, bs, maxima);
         if (blocked) {
             /* bs holds sqrt(u): the maximum's roots under AMSGrad, v's under Adam. */
-            encode_block(STATE, 0, mo->m, mo->ms, at, n, bm, 0, maxima[0], 0);
-            encode_block(STATE, 1, mo->v, mo->vs, at, n, bv, MAXMODE ? 0 : bs, maxima[1], 0);
-            if (MAXMODE) encode_block(STATE, 2, mo->vm, mo->vms, at, n, bu, bs, maxima[2], 0);
+            encode_block(STATE, 0, mo->m, mo->ms, at, n, bm, 0, maxima[0]);
+            encode_block(STATE, 1, mo->v, mo->vs, at, n, bv, MAXMODE ? 0 : bs, maxima[1]);
+            if (MAXMODE) encode_block(STATE, 2, mo->vm, mo->vms, at, n, bu, bs, maxima[2]);
         }
         at += n;
     }
