@@ -145,7 +145,7 @@ class CodeMap:
             q = torch.where(q < float(self.size), q, torch.full_like(q, float(self.size)))  # NaN too
             index = (q.to(torch.int64) - 1).clamp_(0, top)
         else:
-            index = torch.searchsorted(self.midpoints, magnitude.contiguous(), right=True)
+            index = torch.searchsorted(self.midpoints.to(magnitude.device), magnitude.contiguous(), right=True)
             index = torch.where(torch.isnan(magnitude), top, index)
         return self._with_sign(index, y)
 
@@ -166,7 +166,7 @@ class CodeMap:
             whole = q.to(torch.int64)
             return (whole + (q > whole).to(torch.int64) - 1).clamp_(0, top)
         lowered = y * UP_BIAS
-        index = torch.searchsorted(self.magnitude_table, lowered.contiguous(), right=False)
+        index = torch.searchsorted(self.magnitude_table.to(y.device), lowered.contiguous(), right=False)
         return torch.where(torch.isnan(y), top, index.clamp_(max=top))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

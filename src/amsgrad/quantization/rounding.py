@@ -114,9 +114,9 @@ def sqrt_float32(x: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(x)
     r = torch.sqrt(x)
     wide = x.double()
-    up = torch.nextafter(r, torch.tensor(float("inf")))
+    up = torch.nextafter(r, torch.full_like(r, float("inf")))
     middle = (r.double() + up.double()) / 2
     r = torch.where(middle * middle <= wide, up, r)
-    down = torch.nextafter(r, torch.tensor(-float("inf")))
+    down = torch.nextafter(r, torch.full_like(r, -float("inf")))
     middle = (r.double() + down.double()) / 2
     return torch.where((middle * middle > wide) & (r > 0), down, r)
