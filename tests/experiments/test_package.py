@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import amsgrad.experiments
+from amsgrad import experiments
 
 
 def test_every_public_name_is_the_object_not_a_module():
@@ -13,8 +13,8 @@ def test_every_public_name_is_the_object_not_a_module():
     from amsgrad.experiments import simulate
 
     assert callable(simulate) and simulate.__module__ == "amsgrad.experiments.simulate"
-    for name in amsgrad.experiments.__all__:
-        assert not isinstance(getattr(amsgrad.experiments, name), type(sys)), name
+    for name in experiments.__all__:
+        assert not isinstance(getattr(experiments, name), type(sys)), name
 
 
 def test_the_recording_process_and_the_command_line_import_only_what_they_need():
