@@ -112,6 +112,11 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
         check_non_negative("weight_decay", group["weight_decay"])
         check_bool("decoupled_weight_decay", group["decoupled_weight_decay"])
         check_bool("absolute_weight_decay", group["absolute_weight_decay"])
+        if group["absolute_weight_decay"] and not group["decoupled_weight_decay"]:
+            raise ValueError(
+                "Invalid absolute_weight_decay: True with decoupled_weight_decay=False (absolute decay θ(1 - λ) "
+                "is a decoupled decay; set decoupled_weight_decay=True, or absolute_weight_decay=False for L2)"
+            )
         check_bool("maximize", group["maximize"])
         nonfinite.check_group(group)
         for key in ("foreach", "fused"):
@@ -123,12 +128,10 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         group = dict(param_group)
-        decay = group.get("weight_decay")
-        if isinstance(decay, WeightDecay):
-            group.update(decay.defaults())
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
         try:
+            group.update(WeightDecay.group_entries(group))
+            if isinstance(group.get("betas"), list):
+                group["betas"] = tuple(group["betas"])
             self.validate_group({**self.defaults, **group})
         except (TypeError, ValueError) as error:
             raise type(error)(f"param group {len(self.param_groups)}: {error}") from None
