@@ -33,7 +33,7 @@ FAST_PATHS = {
     "default-without-c": (dict(), ("torch",)),
     "capturable": (dict(capturable=True), kernels.CPU_FUSED_BACKENDS),
 }
-READABLE = dict(foreach=False, fused=False)
+READABLE = dict(foreach=False, fused=False, capturable=False)
 
 
 def make_problem(device: str = "cpu", seed: int = 0) -> list[torch.nn.Parameter]:
@@ -87,13 +87,25 @@ def _fused_possible(config, backends, device) -> bool:
     return device == "cpu" and "native" in backends
 
 
+def _compatible(config, overrides) -> bool:
+    """Whether the configuration accepts the path's settings (capturable=True refuses fused=True, say)."""
+    try:
+        config.make([torch.nn.Parameter(torch.zeros(1))], **overrides)
+    except ValueError:
+        return False
+    return True
+
+
 def _equality_cases():
-    """Every configuration on every path that can run it (see test_impossible_fused_is_a_clear_error)."""
+    """Every configuration on every path that can run it (see test_impossible_fused_is_a_clear_error, and
+    tests/optimizers/test_errors.py for the settings that refuse each other)."""
     for device in DEVICES:
         for path, (overrides, backends) in FAST_PATHS.items():
             marks = [needs_native] if path == "fused-native" else []
             for config in CONFIGS:
                 if overrides.get("fused") and not _fused_possible(config, backends, device):
+                    continue
+                if not _compatible(config, overrides):
                     continue
                 yield pytest.param(config, path, device, id=f"{config.name}-{path}-{device}", marks=marks)
 
@@ -215,6 +227,24 @@ def test_half_precision_takes_torch_kernel_and_stays_close():
 )
 def test_implementation_choice(fused, foreach, hooks, expected):
     assert kernels.implementation({"fused": fused, "foreach": foreach}, hooks) == expected
+
+
+@pytest.mark.parametrize(
+    "group, compiling, expected",
+    [
+        ({"capturable": True}, False, "tensor-steps"),
+        ({"capturable": True}, True, "tensor-steps"),
+        ({"differentiable": True}, False, "readable"),
+        ({"differentiable": True}, True, "readable"),
+        ({}, True, "tensor-steps"),
+        ({"foreach": True}, True, "tensor-steps"),
+        ({"fused": False}, True, "tensor-steps"),
+        ({"fused": True}, True, "fused"),  # run outside the graph
+        ({"foreach": False}, True, "readable"),  # run outside the graph
+    ],
+)
+def test_implementation_choice_with_capturable_differentiable_and_compilation(group, compiling, expected):
+    assert kernels.implementation(group, (), compiling=compiling) == expected
 
 
 def test_fused_and_foreach_together_are_refused():
@@ -343,3 +373,41 @@ def test_state_of_another_dtype_takes_the_multi_tensor_path():
     run(fast, fast_params, range(1, 4))
     assert fast.state[fast_params[0]]["exp_avg"].dtype == torch.float64
     assert_close_runs(reference, reference_params, fast, fast_params, exact=False)
+
+
+# ---------------------------------------------------------------- which implementation runs
+def _group(**settings):
+    return amsgrad.AMSGrad([torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64)) for _ in range(3)], **settings)
+
+
+@pytest.mark.parametrize(
+    "settings, backends, expected",
+    [
+        (dict(), ("torch",), {kernels.TORCH_FUSED: 3}),
+        (dict(foreach=True), kernels.CPU_FUSED_BACKENDS, {kernels.MULTI_TENSOR: 3}),
+        (dict(foreach=False), kernels.CPU_FUSED_BACKENDS, {kernels.READABLE: 3}),
+        (dict(capturable=True), kernels.CPU_FUSED_BACKENDS, {kernels.MULTI_TENSOR: 3}),
+        (dict(differentiable=True), kernels.CPU_FUSED_BACKENDS, {kernels.READABLE: 3}),
+        (dict(max_of="corrected"), ("torch",), {kernels.MULTI_TENSOR: 3}),  # no kernel: multi-tensor
+        (dict(max_of="corrected", fused=True), ("torch",), {kernels.REFUSED: 3}),  # a step raises
+    ],
+)
+def test_implementations_tell_what_each_group_runs(settings, backends, expected, monkeypatch):
+    monkeypatch.setattr(kernels, "CPU_FUSED_BACKENDS", backends)
+    optimizer = _group(**settings)
+    assert optimizer.implementations() == [expected]
+    assert not optimizer.state  # a report allocates and stores nothing
+
+
+@needs_native
+def test_implementations_count_each_kind_of_a_mixed_group_and_appear_in_the_repr():
+    params = make_problem()  # float64, complex128 and float32 tensors, one without a gradient
+    params.append(torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64).t()))  # not contiguous
+    optimizer = amsgrad.AMSGrad([{"params": params}, {"params": make_problem(seed=1)[:2], "foreach": False}])
+    assert optimizer.implementations() == [{kernels.C_KERNEL: 9, kernels.MULTI_TENSOR: 1}, {kernels.READABLE: 2}]
+    run(optimizer, params[:9] + [], range(2))
+    assert optimizer.implementations()[0] == {kernels.C_KERNEL: 9, kernels.MULTI_TENSOR: 1}
+    text = repr(optimizer)
+    assert "Parameter Group 0\n    implementation: C kernel (9 tensors), multi-tensor (1 tensor)\n" in text
+    assert "Parameter Group 1\n    implementation: readable (2 tensors)\n" in text
+    assert optimizer.implementations(compiled=True) == [{kernels.MULTI_TENSOR: 10}, {kernels.READABLE: 2}]

@@ -47,10 +47,11 @@ def check_non_negative(name: str, value: Any) -> float:
     return number
 
 
-def check_lr(name: str, value: Any) -> None:
+def check_lr(name: str, value: Any, read_tensor: bool = True) -> None:
     """A learning rate: a finite number ``>= 0`` or a one-element floating-point tensor.
 
-    A tensor's value is checked where reading it costs no synchronisation (on the CPU).
+    A tensor's value is checked where reading it costs no synchronisation (on the CPU), unless
+    ``read_tensor=False`` (a capturable group, whose step reads nothing on the host).
     """
     if type(value) is float and 0.0 <= value < math.inf:
         return
@@ -59,7 +60,7 @@ def check_lr(name: str, value: Any) -> None:
             raise ValueError(f"Invalid {name}: a tensor with {value.numel()} elements (expected 1 element)")
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-        if value.device.type != "cpu":
+        if value.device.type != "cpu" or not read_tensor:
             return
         number = float(value.detach())
         if not math.isfinite(number) or number < 0.0:
@@ -68,8 +69,9 @@ def check_lr(name: str, value: Any) -> None:
     check_non_negative(name, value)
 
 
-def check_betas(name: str, value: Any) -> None:
-    """A pair ``(β1, β2)`` with each ``β`` in ``[0, 1)`` (a one-element tensor's value is checked on the CPU)."""
+def check_betas(name: str, value: Any, read_tensors: bool = True) -> None:
+    """A pair ``(β1, β2)`` with each ``β`` in ``[0, 1)`` (a one-element tensor's value is checked on the CPU,
+    unless ``read_tensors=False``)."""
     if type(value) is tuple and len(value) == 2:
         beta1, beta2 = value
         if type(beta1) is float and type(beta2) is float and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0:
@@ -80,7 +82,7 @@ def check_betas(name: str, value: Any) -> None:
         raise ValueError(f"Invalid {name}: {value!r} has {len(value)} values (expected 2: (beta1, beta2))")
     for index, beta in enumerate(value):
         if isinstance(beta, torch.Tensor) and beta.numel() == 1:
-            if beta.device.type != "cpu":
+            if beta.device.type != "cpu" or not read_tensors:
                 continue
             beta = float(beta.detach())
         number = _real_number(f"{name}[{index}]", beta)

@@ -206,6 +206,14 @@ class Adam(GenericAdaptiveOptimizer):
         saved.setdefault("bias_correction", True)
         return super()._complete_loaded_group(saved, current)
 
+    def _check_loaded_state(self, state: dict[Any, dict[str, Any]]) -> None:
+        for index, entries in state.items():
+            step = entries.get("step") if isinstance(entries, dict) else None
+            if step is not None and not isinstance(step, torch.Tensor) and (
+                    isinstance(step, bool) or not isinstance(step, numbers.Real)):
+                raise TypeError(f"the saved state of parameter {index}: step must be a number or a tensor, got "
+                                f"{step!r} of type {type(step).__name__}")
+
     def _finish_loaded_state(self) -> None:
         """Steps saved as plain numbers become step tensors (as ``torch.optim.Adam`` converts them);
         with ``capturable=True`` each step tensor is moved to its parameter's device."""
@@ -216,9 +224,7 @@ class Adam(GenericAdaptiveOptimizer):
                 if not state or "step" not in state:
                     continue
                 step = state["step"]
-                if not isinstance(step, torch.Tensor):
-                    if isinstance(step, bool) or not isinstance(step, numbers.Real):
-                        raise TypeError(f"a saved step must be a number or a tensor, got {step!r}")
+                if not isinstance(step, torch.Tensor):  # a number (checked before loading)
                     state["step"] = self._new_step(group, param, step)
                 elif not step.is_floating_point():
                     state["step"] = self._new_step(group, param, float(step))

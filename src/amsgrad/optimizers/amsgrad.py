@@ -248,8 +248,9 @@ class AMSGrad(Adam):
         if group["max_of"] == "corrected":
             _, correction2 = super().bias_corrections(state, group)
             candidate = v / correction2
-        if torch.is_grad_enabled():  # recorded by autograd (differentiable=True): no out=, nothing it saved overwritten
-            v_max.copy_(torch.maximum(v_max.clone(), candidate))
+        if torch.is_grad_enabled():  # recorded by autograd (differentiable=True): no out=, and what
+            # maximum() saves for backward must not be the moments that the next step updates in place
+            v_max.copy_(torch.maximum(v_max.clone(), candidate.clone() if candidate is v else candidate))
         else:
             torch.maximum(v_max, candidate, out=v_max)
         return m, v_max

@@ -119,8 +119,9 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
         modified). Subclasses that add settings extend this and call ``super()``; the callers
         prefix the message with the group's index.
         """
-        check_lr("lr", group["lr"])
-        check_betas("betas", group["betas"])
+        read = not group.get("capturable", False)  # a capturable step reads no tensor on the host
+        check_lr("lr", group["lr"], read)
+        check_betas("betas", group["betas"], read)
         check_non_negative("eps", group["eps"])
         check_non_negative("weight_decay", group["weight_decay"])
         check_bool("decoupled_weight_decay", group["decoupled_weight_decay"])
@@ -201,6 +202,7 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
                 raise type(error)(f"param group {index} of the loaded state dict: {error}") from None
             completed.append(group)
         state_dict = {**state_dict, "param_groups": completed}
+        self._check_loaded_state(state_dict.get("state", {}))
 
         given = {id(value) for state in state_dict.get("state", {}).values() for value in state.values()}
         post_hooks = self._optimizer_load_state_dict_post_hooks
@@ -238,6 +240,9 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
                 saved.setdefault(key, value)
         return saved
 
+    def _check_loaded_state(self, state: dict[Any, dict[str, Any]]) -> None:
+        """Refuse a saved state that cannot be loaded, before anything changes (nothing to check here)."""
+
     def _finish_loaded_state(self) -> None:
         """What a subclass does to the loaded state before the post-hooks run (step tensors, say)."""
 
@@ -248,12 +253,16 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
             for message in self._loaded_setting_changes(before, group):
                 changes.setdefault(message, []).append(index)
         for message, indices in changes.items():
-            which = f"param group {indices[0]}" if len(indices) == 1 else \
-                f"param groups {', '.join(map(str, indices))}"
+            if len(indices) == 1:
+                which = f"param group {indices[0]}"
+            else:  # the sentences start with "was"
+                which = f"param groups {', '.join(map(str, indices))}"
+                message = "were" + message[3:] if message.startswith("was ") else message
             warnings.warn(f"{type(self).__name__}.load_state_dict: {which} {message}", UserWarning, stacklevel=3)
 
     def _loaded_setting_changes(self, before: ParamGroup, after: ParamGroup) -> list[str]:
-        """The rest of a sentence per setting whose loaded value changes how a group runs (none here)."""
+        """The rest of a sentence ("was saved with ...; call ...") per setting whose loaded value changes
+        how a group runs (none here)."""
         return []
 
     def _state_dtype(self, group: ParamGroup, param: torch.Tensor) -> torch.dtype:
