@@ -356,6 +356,17 @@ def test_the_step_benchmark_runs_on_a_tiny_layout(monkeypatch, capsys):
     assert "tiny: median ms per step" in out and "amsgrad max corrected" in out
 
 
+def test_the_compiled_step_benchmark_runs_on_a_tiny_layout(monkeypatch, capsys):
+    # Keeps `make bench` from rotting; dynamo's eager backend instead of inductor keeps it quick.
+    from benchmarks import compiled_step
+
+    monkeypatch.setitem(compiled_step.LAYOUTS, "tiny", lambda: torch.nn.Linear(3, 2))
+    compiled_step.main(["--layouts", "tiny", "--rounds", "2", "--repeat", "2", "--backend", "eager"])
+    out = capsys.readouterr().out
+    assert "ratio ours compiled / torch compiled" in out and "ours compiled" in out
+    torch._dynamo.reset()
+
+
 def test_state_of_another_dtype_takes_the_multi_tensor_path():
     # A float64 state (loaded from a float64 run, say) beside float32 parameters.
     def make():

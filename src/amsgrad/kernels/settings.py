@@ -19,7 +19,7 @@ def _same(value: Any) -> Any:
     return value
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # built every step: slots, not frozen, for a cheap __init__
 class StepSettings:
     """Everything in a param group that changes the math, as plain Python numbers (α and β may stay
     tensors for the capturable step, :mod:`.tensor_steps`)."""
