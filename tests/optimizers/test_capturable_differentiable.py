@@ -196,3 +196,15 @@ def test_a_group_that_is_not_differentiable_records_nothing():
         run_steps(optimizer, params, range(2))
     assert all(p.grad_fn is None and all(not getattr(v, "requires_grad", False) for v in optimizer.state[p].values())
                for p in params)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_capturable_lr_on_another_device_is_refused_before_anything_changes(device):
+    elsewhere = "cpu" if device == "cuda" else "meta"  # a device the parameters are not on
+    param = torch.nn.Parameter(torch.ones(3, device=device))
+    optimizer = amsgrad.AMSGrad([param], lr=torch.tensor(0.1, device=elsewhere), capturable=True)
+    param.grad = torch.ones(3, device=device)
+    with pytest.raises(ValueError, match=rf"Invalid lr: a tensor on {elsewhere} with capturable=True and parameters "
+                                         rf"on {device}: copying it to them every step would synchronise"):
+        optimizer.step()
+    assert param not in optimizer.state and torch.equal(param.detach(), torch.ones(3, device=device))

@@ -295,7 +295,6 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
         return max((group.get("skipped_steps", 0) for group in self.param_groups), default=0)
 
     # ------------------------------------------------------------------- step
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one update of every parameter that has a gradient.
 
@@ -313,12 +312,16 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # torch.no_grad() as a block, not a decorator: one frame less for dynamo to run per compiled step.
         if torch.compiler.is_compiling():
             plans = _prepare_outside_the_graph(self)
-        else:
-            plans = self._prepare_step(compiling=False)
-        for plan in plans:
-            plan.run()
+            with torch.no_grad():
+                for plan in plans:
+                    plan.run()
+            return loss
+        with torch.no_grad():
+            for plan in self._prepare_step(compiling=False):
+                plan.run()
         return loss
 
     def _prepare_step(self, compiling: bool) -> list[Any]:
@@ -418,11 +421,12 @@ def _prepare_outside_the_graph(optimizer: GenericAdaptiveOptimizer) -> list[Any]
     """Under :func:`torch.compile`: plan in eager Python (no guards on settings, no recompilations),
     run there what cannot be traced, and hand back the plans that the graph runs."""
     traced = []
-    for plan in optimizer._prepare_step(compiling=True):
-        if plan.traceable:
-            traced.append(plan)
-        else:
-            plan.run()
+    with torch.no_grad():
+        for plan in optimizer._prepare_step(compiling=True):
+            if plan.traceable:
+                traced.append(plan)
+            else:
+                plan.run()
     return traced
 
 
