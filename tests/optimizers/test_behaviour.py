@@ -197,7 +197,9 @@ def test_per_group_settings_survive_state_dict():
 
     saved = optimizer.state_dict()
     other = amsgrad.AMSGrad([{"params": clone_params(a)}, {"params": clone_params(b)}], lr=1.0, betas=(0.1, 0.2))
-    other.load_state_dict(saved)
+    with pytest.warns(UserWarning, match=r"param group 1 was saved with amsgrad=False") as caught:
+        other.load_state_dict(saved)  # group 1 runs otherwise than built: the saved settings win, and it says so
+    assert any("param group 1 was saved in torch's update form" in str(w.message) for w in caught)
     for key in ("lr", "betas", "eps", "amsgrad", "max_of", "optimized_update", "maximize",
                 "weight_decay", "decoupled_weight_decay", "absolute_weight_decay"):
         assert other.param_groups[1][key] == optimizer.param_groups[1][key], key

@@ -174,7 +174,8 @@ def test_loaded_state_is_converted_to_the_groups_state_dtype_and_not_shared():
     saved = theirs.state_dict()
 
     ours = amsgrad.AMSGrad(params, lr=0.05, state_dtype=torch.float32)
-    ours.load_state_dict(saved)  # a foreign dict: state_dtype filled from the defaults
+    with pytest.warns(UserWarning, match="use_optimized_update"):  # torch's ε form is kept
+        ours.load_state_dict(saved)  # a foreign dict: state_dtype filled from the defaults
     assert ours.param_groups[0]["state_dtype"] == torch.float32
     for param in params:
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
@@ -188,7 +189,7 @@ def test_loaded_state_is_converted_to_the_groups_state_dtype_and_not_shared():
     assert theirs.state[params[0]]["exp_avg"].dtype == torch.bfloat16
 
     # Loading our own live dict twice: float32 state, shared with neither the dict nor each other.
-    first, second = (amsgrad.AMSGrad(params, lr=0.05) for _ in range(2))
+    first, second = (amsgrad.AMSGrad(params, lr=0.05, eps=1e-8, optimized_update=False) for _ in range(2))
     for loaded in (first, second):
         loaded.load_state_dict(ours.state_dict())
     for param in params:
