@@ -236,7 +236,7 @@ def test_implementation_choice(fused, foreach, hooks, expected):
         ({"capturable": True}, True, "tensor-steps"),
         ({"differentiable": True}, False, "readable"),
         ({"differentiable": True}, True, "readable"),
-        ({}, True, "tensor-steps"),
+        ({}, True, "tensor-steps"),  # off the CPU (see the next test)
         ({"foreach": True}, True, "tensor-steps"),
         ({"fused": False}, True, "tensor-steps"),
         ({"fused": True}, True, "fused"),  # run outside the graph
@@ -245,6 +245,12 @@ def test_implementation_choice(fused, foreach, hooks, expected):
 )
 def test_implementation_choice_with_capturable_differentiable_and_compilation(group, compiling, expected):
     assert kernels.implementation(group, (), compiling=compiling) == expected
+
+
+def test_under_compilation_a_default_cpu_group_keeps_the_fused_kernels_outside_the_graph():
+    assert kernels.implementation({}, (), compiling=True, on_cpu=True) == "fused"
+    assert kernels.implementation({"foreach": True}, (), compiling=True, on_cpu=True) == "tensor-steps"
+    assert kernels.implementation({"capturable": True}, (), compiling=True, on_cpu=True) == "tensor-steps"
 
 
 def test_fused_and_foreach_together_are_refused():
@@ -363,7 +369,7 @@ def test_the_compiled_step_benchmark_runs_on_a_tiny_layout(monkeypatch, capsys):
     monkeypatch.setitem(compiled_step.LAYOUTS, "tiny", lambda: torch.nn.Linear(3, 2))
     compiled_step.main(["--layouts", "tiny", "--rounds", "2", "--repeat", "2", "--backend", "eager"])
     out = capsys.readouterr().out
-    assert "ratio ours compiled / torch compiled" in out and "ours compiled" in out
+    assert "ratio ours compiled / torch compiled" in out and "ours compiled multi-tensor" in out
     torch._dynamo.reset()
 
 
@@ -421,4 +427,6 @@ def test_implementations_count_each_kind_of_a_mixed_group_and_appear_in_the_repr
     text = repr(optimizer)
     assert "Parameter Group 0\n    implementation: C kernel (9 tensors), multi-tensor (1 tensor)\n" in text
     assert "Parameter Group 1\n    implementation: readable (2 tensors)\n" in text
+    assert optimizer.implementations(compiled=True) == optimizer.implementations()  # on the CPU: the same
+    optimizer.param_groups[0]["foreach"] = True
     assert optimizer.implementations(compiled=True) == [{kernels.MULTI_TENSOR: 10}, {kernels.READABLE: 2}]

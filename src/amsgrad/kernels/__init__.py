@@ -45,11 +45,14 @@ and before those settings:
   path's operations; the others write with ``out=`` or outside autograd);
 * ``capturable=True`` takes :mod:`.tensor_steps`, whose step counts live on the parameters'
   device and whose bias corrections are tensor operations, so a step never synchronises;
-* under :func:`torch.compile`, every group that may run multi-tensor takes
-  :mod:`.tensor_steps` too, with α, β, ε and λ as tensors, so that the graph neither
-  depends on the step count nor on scheduled hyper-parameters: one compilation serves every
-  step. The planning itself, the fused kernels (``fused=True``) and the readable path run
-  outside the graph (a graph break), where they cannot cause recompilations.
+* under :func:`torch.compile`, the planning runs outside the graph (a graph break), and so do
+  the fused kernels and the readable path, where they cannot cause recompilations. A group
+  with the default settings whose parameters are all on the CPU keeps the fused kernels there
+  (a compiled graph cannot beat one pass of the C kernel, and the results are the eager
+  step's); every other group that may run multi-tensor (off the CPU, or ``foreach=True`` /
+  ``fused=False``) takes :mod:`.tensor_steps`, traced, with α, β, ε and λ as a tensor input, so
+  that the graph depends neither on the step count nor on scheduled hyper-parameters: one
+  compilation serves every step.
 
 Settings that cannot be honoured together (``fused=True`` with ``differentiable=True`` or
 ``capturable=True``, ...) are refused when the group is created, with the reason.
@@ -108,15 +111,20 @@ _PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
 
 
 def implementation(group: dict[str, Any], overridden_hooks: tuple[str, ...], *, widened: bool = False,
-                   compiling: bool = False) -> str:
+                   compiling: bool = False, on_cpu: bool = False) -> str:
     """The path of a group: ``"readable"``, ``"foreach"``, ``"fused"`` (fused where possible) or
     ``"tensor-steps"`` (:mod:`.tensor_steps`). ``widened``: some parameter's state is wider than it;
-    ``compiling``: the step is being traced by :func:`torch.compile`."""
+    ``compiling``: the step is being traced by :func:`torch.compile`; ``on_cpu``: every parameter
+    of the group is on the CPU."""
     fused, foreach = group.get("fused"), group.get("foreach")
     if overridden_hooks or widened or group.get("differentiable", False) or (foreach is False and not fused):
         return "readable"
-    if group.get("capturable", False) or (compiling and not fused):
+    if group.get("capturable", False):
         return "tensor-steps"
+    if compiling:
+        # On the CPU a compiled graph cannot beat one pass of the fused kernels: the default keeps
+        # them, outside the graph. Elsewhere, and when multi-tensor is asked for, the graph runs it.
+        return "fused" if fused or (fused is None and foreach is None and on_cpu) else "tensor-steps"
     if foreach or fused is False:
         return "foreach"
     return "fused"
@@ -133,7 +141,8 @@ def plan(optimizer: torch.optim.Optimizer, group: dict[str, Any], params: list[t
     parameter itself, which has their layout, and what a step would refuse is counted as refused.
     """
     widened = group.get("state_dtype") is not None and any(optimizer._state_dtype(group, p) != p.dtype for p in params)
-    choice = implementation(group, overridden_hooks, widened=widened, compiling=compiling)
+    on_cpu = compiling and _everywhere(_device, params, _CPU)
+    choice = implementation(group, overridden_hooks, widened=widened, compiling=compiling, on_cpu=on_cpu)
     if choice == "readable":
         return ReadablePlan(optimizer, group, params, grads)
     # A capturable step reads no tensor on the host: a tensor α or β stays a tensor.
