@@ -6,7 +6,7 @@ everything here computes the same numbers faster, and is tested against it in fl
 Every step is planned before anything changes (:func:`plan`): the path of each param group is
 chosen, every refusal (a ``fused=True`` that no kernel can honour, say) is raised, and the state
 of parameters stepped for the first time is created aside; only then are states stored and
-tensors updated. :meth:`amsgrad.Adam.implementations` (and the optimizer's ``repr``) report
+tensors updated. :meth:`amsgrad.GenericAdaptiveOptimizer.implementations` (and the optimizer's ``repr``) report
 the plan, per group, by these names:
 
 =================  ==================================================================
@@ -52,7 +52,8 @@ and before those settings:
   step's); every other group that may run multi-tensor (off the CPU, or ``foreach=True`` /
   ``fused=False``) takes :mod:`.tensor_steps`, traced, with α, β, ε and λ as a tensor input, so
   that the graph depends neither on the step count nor on scheduled hyper-parameters: one
-  compilation serves every step.
+  compilation serves every step. (Off the CPU its step counters move to the parameters'
+  device, as ``torch.optim`` moves them under compilation.)
 
 Settings that cannot be honoured together (``fused=True`` with ``differentiable=True`` or
 ``capturable=True``, ...) are refused when the group is created, with the reason.
@@ -102,8 +103,9 @@ HOOKS = ("init_state", "get_mv", "get_lr", "bias_corrections", "adam_update", "s
 #: Fused backends in order of preference on CPU; tests and benchmarks may narrow it.
 CPU_FUSED_BACKENDS: tuple[str, ...] = ("native", "torch")
 
-#: The names :meth:`amsgrad.Adam.implementations` reports.
-C_KERNEL, TORCH_FUSED, MULTI_TENSOR, READABLE, REFUSED = "C kernel", "torch fused", "multi-tensor", "readable", "refused"
+#: The names :meth:`amsgrad.GenericAdaptiveOptimizer.implementations` reports.
+C_KERNEL, TORCH_FUSED, MULTI_TENSOR, READABLE = "C kernel", "torch fused", "multi-tensor", "readable"
+REFUSED = "refused"  # tensors that fused=True cannot run: a step raises
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 _CPU = torch.device("cpu")
@@ -136,7 +138,7 @@ def plan(optimizer: torch.optim.Optimizer, group: dict[str, Any], params: list[t
     """Plan one group's step on ``params`` (those with ``grads``), refusing what cannot run.
 
     Nothing is modified: the state of a parameter stepped for the first time is created aside and
-    stored by :meth:`Plan.commit`. With ``report=True`` (for :meth:`amsgrad.Adam.implementations`)
+    stored by :meth:`Plan.commit`. With ``report=True`` (for :meth:`amsgrad.GenericAdaptiveOptimizer.implementations`)
     nothing is allocated or refused either: missing gradients and states are stood in for by the
     parameter itself, which has their layout, and what a step would refuse is counted as refused.
     """

@@ -346,7 +346,8 @@ class Adam(GenericAdaptiveOptimizer):
         else:
             # α/(1-β1^t) · m / (√v / √(1-β2^t) + ε)
             if correction2 != 1.0:
-                denominator = denominator / math.sqrt(correction2) if recorded else denominator.div_(math.sqrt(correction2))
+                divisor = math.sqrt(correction2)
+                denominator = denominator / divisor if recorded else denominator.div_(divisor)
             step_size = lr / correction1
         denominator = denominator + group["eps"] if recorded else denominator.add_(group["eps"])
         param.addcdiv_(m.clone() if recorded else m, denominator, value=-step_size)

@@ -363,7 +363,10 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
             >>> opt.implementations()
             [{'readable': 1}]
         """
-        return [self._plan_group(group, list(group["params"]), [param.grad for param in group["params"]],
+        # (A non-leaf parameter, differentiable=True, runs the readable path: its .grad, which torch
+        # warns about reading, does not matter.)
+        return [self._plan_group(group, list(group["params"]),
+                                 [param.grad if param.is_leaf else None for param in group["params"]],
                                  compiling=compiled, report=True).implementations()
                 for group in self.param_groups]
 
@@ -431,7 +434,8 @@ def _prepare_outside_the_graph(optimizer: GenericAdaptiveOptimizer) -> list[Any]
 
 
 def describe_implementations(counts: dict[str, int]) -> str:
-    """``"C kernel (3 tensors), multi-tensor (1 tensor)"``: a line of :meth:`GenericAdaptiveOptimizer.implementations`."""
+    """``"C kernel (3 tensors), multi-tensor (1 tensor)"``: one group of
+    :meth:`GenericAdaptiveOptimizer.implementations`, as the ``repr`` shows it."""
     if not counts:
         return "none (no parameters)"
     return ", ".join(f"{name} ({count} tensor{'s' if count != 1 else ''})" for name, count in counts.items())
