@@ -11,7 +11,7 @@ import importlib.util
 import sys
 
 #: Benchmarks run by default, in order; one whose module is missing is skipped.
-BENCHMARKS = ["optimizer_step", "low_memory", "low_memory_training", "quantization_maps", "synthetic"]
+BENCHMARKS = ["optimizer_step", "compiled_step", "low_memory", "low_memory_training", "quantization_maps", "synthetic"]
 
 
 def _load(name: str):

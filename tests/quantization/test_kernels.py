@@ -74,7 +74,8 @@ def _assert_identical(params_a, states_a, params_b, states_b):
 
 def _run(config, dtype, storage_name, stochastic, sizes, steps=6, step_dtype=torch.float32):
     storage = STORAGES[storage_name]
-    settings = StepSettings.from_group(config.settings)
+    group = config.settings
+    settings = StepSettings.from_group(group, group["max_of"] if group.get("amsgrad") else None)
     params, states = _problem(dtype, storage, sizes, step_dtype=step_dtype)
     ref_params, ref_states = [p.clone() for p in params], copy.deepcopy(states)
     for step in range(steps):

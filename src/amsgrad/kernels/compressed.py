@@ -15,14 +15,14 @@ from typing import Any, Sequence
 
 import torch
 
-from ..quantization.formats import DEFAULT_MIN_COMPRESSED_NUMEL, MOMENTS
-from ..quantization.state import Storage, needs_compressed_step, storage_for
+from ..quantization.formats import DEFAULT_MIN_COMPRESSED_NUMEL, MOMENTS, parse_state_precision
+from ..quantization.state import Storage, is_conformed, needs_compressed_step, storage_for
 from ..quantization.step import compressed_step
 from . import native
 from .settings import StepSettings
 
-__all__ = ["native_layout", "native_settings", "fused_compressed_step", "reference_compressed_step",
-           "step_compressed"]
+__all__ = ["split", "CompressedPlan", "native_layout", "native_settings", "fused_compressed_step",
+           "reference_compressed_step", "COMPRESSED_C_KERNEL", "COMPRESSED_REFERENCE"]
 
 _PARAM_KINDS = {torch.float32: native.PARAM_F32, torch.bfloat16: native.PARAM_BF16}
 
@@ -102,54 +102,124 @@ def reference_compressed_step(settings: StepSettings, storage: Storage, params: 
 
 _dtype = attrgetter("dtype")
 
+#: The names :meth:`amsgrad.GenericAdaptiveOptimizer.implementations` reports for the compressed step.
+COMPRESSED_C_KERNEL, COMPRESSED_REFERENCE = "compressed C kernel", "compressed reference"
 
-def step_compressed(optimizer, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
-                    choice: str, lib_getter) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Step the group's tensors that take the compressed step; return the others (params, grads).
 
-    ``choice`` ``"fused"``: the C kernel for every tensor it takes (``lib_getter()`` builds it;
-    None: no kernel), the reference step for the rest, or, with ``fused=True``, an error naming
-    the first tensor it cannot take, before anything changes. ``"foreach"``: the reference step.
+def split(group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor | None]
+          ) -> tuple[list[tuple[torch.Tensor, Any, Storage]], list[torch.Tensor], list[torch.Tensor | None]]:
+    """The tensors of ``group`` that take the compressed step, as (param, grad, storage), and the others
+    (params, grads), which take the group's float path.
+
+    Every tensor whose storage is not its own dtype does, and every bfloat16 parameter (computed in
+    float32, rounded once); none of a ``capturable=True`` group, whose ``state_precision`` is None
+    (its bfloat16 parameters are stepped in bfloat16, multi-tensor, as ``torch.optim`` steps them).
     """
     precision = group.get("state_precision")
-    if precision is None and torch.bfloat16 not in set(map(_dtype, params)):
-        return params, grads  # the common case, decided without a loop over the tensors
+    if group.get("capturable", False) or (precision is None and torch.bfloat16 not in set(map(_dtype, params))):
+        return [], params, grads  # the common case, decided without a loop over the tensors
+    precision = parse_state_precision(precision)  # a name set in the group by hand
     min_numel = group.get("min_compressed_numel", DEFAULT_MIN_COMPRESSED_NUMEL)
-    rest_params, rest_grads, todo = [], [], []
+    members, rest_params, rest_grads = [], [], []
     for param, grad in zip(params, grads):
         storage = storage_for(precision, param, min_numel)
         if needs_compressed_step(storage, param):
-            todo.append((param, grad, storage))
+            members.append((param, grad, storage))
         else:
             rest_params.append(param)
             rest_grads.append(grad)
-    if not todo:
-        return params, grads
+    if not members:
+        return [], params, grads
+    return members, rest_params, rest_grads
 
-    settings = StepSettings.from_group(group)
-    lib = lib_getter() if choice == "fused" and lib_getter is not None else None
-    if choice == "fused" and group.get("fused") is True:
-        for param, grad, storage in todo:  # refuse before anything changes
-            if lib is None or not _kernel_takes(storage, param, grad):
-                raise RuntimeError(_no_kernel(param, storage, lib))
-    batches: dict[Any, list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]] = {}
-    leftover = []
-    for param, grad, storage in todo:
-        state = optimizer.state[param]
-        optimizer._prepare_compressed_state(state, group, param, storage)
-        layout = native_layout(storage, param, grad, state, group["stochastic_rounding"]) if lib is not None else None
-        if layout is None:
-            leftover.append((param, grad, state, storage))
-            continue
-        key = (storage, layout.param_kind, layout.state_kind, layout.stochastic_param, state["step"].dtype)
-        batches.setdefault(key, []).append((param, grad, state))
-    for (storage, param_kind, state_kind, stochastic, _), members in batches.items():
-        layout = native.NativeLayout(param_kind=param_kind, state_kind=state_kind, stochastic_param=stochastic)
-        fused_compressed_step(lib, settings, storage, layout, [m[0] for m in members], [m[1] for m in members],
-                              [m[2] for m in members])
-    for param, grad, state, storage in leftover:
-        compressed_step(settings, param, grad, state, storage, group["stochastic_rounding"])
-    return rest_params, rest_grads
+
+class CompressedPlan:
+    """The compressed step of some tensors of a group (a :class:`amsgrad.kernels.Plan`).
+
+    ``fused``: the C kernel for every tensor it takes (``lib.get()`` builds it; None: no kernel)
+    and the reference step for the others, which ``explicit`` (``fused=True``) refuses instead,
+    naming the first, before anything changes. Otherwise the reference step for all. States that
+    are missing, in another storage, or without the maximum or rounding seed they need are made
+    aside (:meth:`amsgrad.Adam._planned_state`) and stored by :meth:`commit`.
+    """
+
+    traceable = False  # under torch.compile it runs outside the graph, as the fused kernels do
+
+    def __init__(self, optimizer, group: dict[str, Any], settings: StepSettings,
+                 members: list[tuple[torch.Tensor, Any, Storage]], *, fused: bool, explicit: bool, lib,
+                 report: bool = False, replaced: dict | None = None) -> None:
+        self.settings, self.stochastic = settings, bool(group.get("stochastic_rounding", False))
+        self.pending: list[tuple[dict, Any, dict]] = []
+        self.refused = 0
+        # (param, grad, state, storage, layout or None): real views for complex parameters
+        self.entries: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any], Storage, Any]] = []
+        library = lib.get() if fused and lib is not None else None
+        maximum = settings.max_of is not None
+        for param, grad, storage in members:
+            state = replaced.get(param) if replaced and param in replaced else optimizer.state.get(param)
+            if report:
+                grad = param if grad is None else grad
+                ready = bool(state) and is_conformed(state, storage, param)
+            else:
+                planned = optimizer._planned_state(state, group, param, storage, maximum)
+                if planned is not None:
+                    self.pending.append((optimizer.state, param, planned))
+                    state = planned
+                ready = True
+            if param.is_complex():  # a wider float state of a complex parameter: its real view
+                param, grad = torch.view_as_real(param), torch.view_as_real(grad)
+                state = {key: torch.view_as_real(value) if isinstance(value, torch.Tensor) and value.is_complex()
+                         else value for key, value in (state or {}).items()}
+                storage = storage_for(parse_state_precision(group.get("state_precision")), param, 0)
+            layout = None
+            if library is not None:
+                layout = native_layout(storage, param, grad, state, self.stochastic) if ready else \
+                    (native_layout_of_new_state(storage, param, grad, self.stochastic))
+            if layout is None and fused and explicit:
+                if not report:
+                    raise RuntimeError(_no_kernel(param, storage, library))
+                self.refused += 1
+            self.entries.append((param, grad, state, storage, layout))
+        self.lib = library
+
+    def implementations(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        kernel = sum(1 for entry in self.entries if entry[4] is not None)
+        for name, count in ((COMPRESSED_C_KERNEL, kernel), ("refused", self.refused),
+                            (COMPRESSED_REFERENCE, len(self.entries) - kernel - self.refused)):
+            if count:
+                counts[name] = count
+        return counts
+
+    def commit(self) -> None:
+        for mapping, param, state in self.pending:
+            mapping[param] = state
+        self.pending = []
+
+    def run(self) -> None:
+        batches: dict[Any, list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]] = {}
+        for param, grad, state, storage, layout in self.entries:
+            if layout is None:
+                compressed_step(self.settings, param, grad, state, storage, self.stochastic)
+                continue
+            key = (storage, layout.param_kind, layout.state_kind, layout.stochastic_param, state["step"].dtype)
+            batches.setdefault(key, []).append((param, grad, state))
+        for (storage, param_kind, state_kind, stochastic, _), members in batches.items():
+            layout = native.NativeLayout(param_kind=param_kind, state_kind=state_kind, stochastic_param=stochastic)
+            fused_compressed_step(self.lib, self.settings, storage, layout, [m[0] for m in members],
+                                  [m[1] for m in members], [m[2] for m in members])
+
+    def pieces(self) -> list["CompressedPlan"]:
+        return [self]
+
+
+def native_layout_of_new_state(storage: Storage, param: torch.Tensor, grad: torch.Tensor,
+                               stochastic: bool) -> native.NativeLayout | None:
+    """:func:`native_layout` for a state not made yet (a report): what the parameter and gradient allow."""
+    if not _kernel_takes(storage, param, grad):
+        return None
+    return native.NativeLayout(param_kind=_PARAM_KINDS[param.dtype], state_kind=state_kind(storage, param.dtype),
+                               stochastic_param=int(bool(stochastic) and param.dtype == torch.bfloat16))
 
 
 def _kernel_takes(storage: Storage, param: torch.Tensor, grad: torch.Tensor) -> bool:

@@ -18,7 +18,7 @@ from . import blockwise, rounding
 from .formats import BLOCK_FORMATS, MOMENTS, BlockFormat
 
 __all__ = ["Storage", "storage_for", "needs_compressed_step", "compute_dtype", "init_storage", "decode", "encode",
-           "write_param", "conform_state", "float_moments", "state_layout"]
+           "write_param", "conform_state", "is_conformed", "has_moment", "float_moments", "state_layout"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +121,6 @@ def write_param(param: torch.Tensor, value: torch.Tensor, stochastic: bool, seed
         param.copy_(value)
 
 
-
-
 def _is_real_view_of_complex(param: torch.Tensor) -> bool:
     """``torch.view_as_real`` of a complex parameter (how the readable path hands it to the hooks)."""
     base = param._base
@@ -169,6 +167,21 @@ def conform_state(state: dict[str, Any], storage: Storage, param: torch.Tensor) 
             state[key].copy_(rounded.reshape(state[key].shape))
         else:
             encode(state, key, storage, value)
+
+
+def is_conformed(state: dict[str, Any], storage: Storage, param: torch.Tensor) -> bool:
+    """Whether every moment present in ``state`` is in ``storage`` already (:func:`conform_state` would
+    leave it as it is)."""
+    for key in MOMENTS:
+        current = state_layout(state, key, param.numel())
+        if current is not None and not _same(current, storage):
+            return False
+    return True
+
+
+def has_moment(state: dict[str, Any], key: str) -> bool:
+    """Whether ``state`` holds moment ``key``, as a float tensor or as codes."""
+    return key in state or f"{key}_codes" in state
 
 
 def _same(a: Storage, b: Storage) -> bool:
