@@ -35,6 +35,7 @@ __all__ = ["Adam"]
 
 #: The ``state_precision`` values whose state is stored rounded (codes, or bfloat16 written stochastically).
 COMPRESSED_PRECISIONS = (torch.bfloat16, "int8", "int4")
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 class Adam(GenericAdaptiveOptimizer):
@@ -260,7 +261,8 @@ class Adam(GenericAdaptiveOptimizer):
         precision = group.get("state_precision")
         if not report and precision is not None and parse_state_precision(precision) in COMPRESSED_PRECISIONS:
             for param in params:  # refused before anything changes, whichever path
-                _refuse_sharded_compression(group, param, self._storage(group, param))
+                if type(param) not in _PLAIN:
+                    _refuse_sharded_compression(group, param, self._storage(group, param))
         layout = (precision, group.get("min_compressed_numel"), group.get("stochastic_rounding"))
         seen = self.__dict__.setdefault("_layouts_seen", {})
         replaced: dict[torch.Tensor, ParamState] = {}
@@ -375,8 +377,8 @@ class Adam(GenericAdaptiveOptimizer):
                 try:
                     state_layout(entries, key, param.numel())
                 except ValueError as error:
-                    raise ValueError(f"the saved state of parameter {saved_id}: {error} of shape "
-                                     f"{tuple(param.shape)}") from None
+                    raise ValueError(f"the saved state of parameter {saved_id} (shape {tuple(param.shape)}): "
+                                     f"{error}") from None
             _refuse_sharded_compression(group, param, self._storage(group, param))
 
     def _loaded_owners(self, state_dict: dict[str, Any]):
