@@ -306,9 +306,26 @@ def test_dtensor_parameters_with_compressed_state_are_refused():
         mesh = init_device_mesh("cpu", (1,))
         param = torch.nn.Parameter(distribute_tensor(torch.randn(8192), mesh))
         param.grad = distribute_tensor(torch.randn(8192), mesh)
-        optimizer = amsgrad.AMSGrad([param], state_precision="int8")
-        with pytest.raises(ValueError, match=r"Invalid state_precision: 'int8' for a DTensor parameter \(FSDP2"):
-            optimizer.step()
+        plain = torch.nn.Parameter(torch.randn(5000))
+        for path in (dict(), dict(foreach=False)):
+            # refused before anything changes, in any group, on every path (the readable one creates states late)
+            optimizer = amsgrad.AMSGrad([{"params": [plain], "state_precision": None}, {"params": [param]}],
+                                        state_precision="int8", **path)
+            plain.grad = torch.randn(5000)
+            before = plain.detach().clone()
+            with pytest.raises(ValueError, match=r"Invalid state_precision: 'int8' for a DTensor parameter \(FSDP2"):
+                optimizer.step()
+            assert torch.equal(plain.detach(), before) and not optimizer.state[plain] and not optimizer.state[param]
         amsgrad.AMSGrad([param], state_precision=torch.float32).step()  # a float state works on the shards
+
+        # ... and so is a compressed checkpoint loaded for a DTensor parameter
+        source_param = torch.nn.Parameter(torch.randn(8192))
+        source = amsgrad.AMSGrad([source_param], state_precision="int8")
+        source_param.grad = torch.randn(8192)
+        source.step()
+        target = amsgrad.AMSGrad([param])
+        with pytest.raises(ValueError, match=r"Invalid state_precision: 'int8' for a DTensor parameter"):
+            target.load_state_dict(source.state_dict())
+        assert not target.state and target.param_groups[0]["state_precision"] is None
     finally:
         dist.destroy_process_group()
