@@ -50,14 +50,17 @@ and before those settings:
   device and whose bias corrections are tensor operations, so a step never synchronises;
 * otherwise, tensors whose ``state_precision`` is not their own dtype (bfloat16, int8 or int4
   state, or a float state wider than the parameter), and bfloat16 parameters, take the
-  compressed step (:mod:`.compressed`): with ``foreach``/``fused`` left to choose or
-  ``fused=True``, our C kernel for contiguous CPU float32/bfloat16 tensors, and the reference
-  step in torch ops for the others (and for all of them with ``foreach=True`` or
-  ``fused=False``); the two compute the same numbers, bit for bit, and so does the readable
-  path of the built-in classes. The group's other tensors (small ones under
-  ``min_compressed_numel``, complex ones) take the paths below, as any group's;
+  compressed step (:mod:`.compressed`): with ``foreach``/``fused`` left to choose, our C kernel
+  for contiguous CPU float32/bfloat16 tensors and the reference step in torch ops for the
+  others; with ``fused=True`` the C kernel, the others refused; with ``foreach=True`` or
+  ``fused=False``, the reference step for all. The two compute the same numbers, bit for bit,
+  and so does the readable path of the built-in classes. The group's other tensors (small
+  ones under ``min_compressed_numel``, complex ones) take the paths of the table above. A
+  state in another storage than its group's ``state_precision`` asks for (the setting was
+  changed) is converted aside, and stored with the new states;
 * under :func:`torch.compile`, the planning runs outside the graph (a graph break), and so do
-  the fused kernels and the readable path, where they cannot cause recompilations. A group
+  the fused kernels, the compressed step and the readable path, where they cannot cause
+  recompilations. A group
   with the default settings whose parameters are all on the CPU keeps the fused kernels there
   (a compiled graph cannot beat one pass of the C kernel, and the results are the eager
   step's); every other group that may run multi-tensor (off the CPU, or ``foreach=True`` /

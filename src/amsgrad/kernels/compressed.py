@@ -1,6 +1,9 @@
 """The step of tensors whose state is compressed (or whose parameters are bfloat16): the fused C
 kernel where it applies, else the reference compressed step of :mod:`amsgrad.quantization.step`.
 
+:func:`split` picks a group's tensors that take it; :class:`CompressedPlan` plans their step as
+:func:`amsgrad.kernels.plan` plans the others' (states made aside, refusals before anything
+changes), reported as ``"compressed C kernel"`` and ``"compressed reference"``.
 :func:`native_layout` says whether the C kernel (:mod:`.native`, ``csrc/compressed_step.c``)
 takes a tensor: contiguous CPU tensors, float32 or bfloat16 parameters (gradients of the same
 dtype), float32 or float64 step counters, and a storage the kernel knows. Everything else, on
