@@ -541,7 +541,7 @@ def _run(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command_parser = args.command_parser
-    with StopOnSignal(on_first=stderr_note(command_parser.prog)) as stop:
+    with StopOnSignal(on_first=stderr_note(command_parser.prog), ignore_after_stop=True) as stop:
         try:
             return args.handler(args, command_parser, stop)
         except Abort:  # a second signal outside the commands' own handling: nothing left to close
