@@ -250,6 +250,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays; any other global is refused."""
 
     ALLOWED = {
+        ("_codecs", "encode"),  # how protocol 2 stores bytes when Python 3 writes it
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
