@@ -15,14 +15,16 @@ that has Python, and needs nothing of ours but importable functions.
 
 Nothing recorded is lost:
 
-* the data set is loaded and checked once here, then sent to every worker once
-  (:meth:`~distributed.Client.scatter`, broadcast); each worker process turns it into tensors
-  once and keeps them for all its runs;
+* the data set is loaded and checked once here, then sent to every worker once, by a worker
+  plugin (so a worker that joins later, or is restarted after a crash, gets it too); each
+  worker process turns it into tensors once and keeps them for all its runs;
 * each finished run is written at once to ``out/runs/<key>.json`` (written to a temporary
   file, then renamed, so a file is never half-written). Running the grid again with the same
   ``out`` loads those and runs only the rest: a grid stopped by Ctrl-C, a lost cluster or a
   crash resumes where it was;
-* a worker that dies (killed, out of memory) loses only the run it was doing: Dask gives that
+* a worker that dies (killed, out of memory) loses only the run it was doing (a worker is
+  given one run at a time: start a cluster's scheduler with
+  ``DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION=1.0`` for the same): Dask gives that
   run to another worker, and after ``allowed_failures`` deaths (Dask's
   ``distributed.scheduler.allowed-failures``, 3) reports it as failed; every other run goes on;
 * ``should_stop()`` is asked twice a second; when it says stop, every running task is told
@@ -41,9 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from distributed import WorkerPlugin
+
 from .training import TrainConfig, TrainResult
 
-__all__ = ["GridOutcome", "grid_configs", "load_finished", "run_grid", "save_result"]
+__all__ = ["DataPlugin", "GridOutcome", "grid_configs", "load_finished", "run_grid", "save_result"]
 
 _PROGRESS_TOPIC = "amsgrad-train-progress"
 
@@ -106,7 +110,7 @@ def save_result(out: str | Path, result: TrainResult) -> Path:
     path = _run_path(Path(out), result.config)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(result.to_dict(), allow_nan=True))
+    temporary.write_text(json.dumps(result.to_dict(), allow_nan=False))
     os.replace(temporary, path)
     return path
 
@@ -126,20 +130,40 @@ def load_finished(out: str | Path, config: TrainConfig, fingerprint: str | None 
 
 
 # ---------------------------------------------------------------------- on a worker
-_PREPARED: dict[str, Any] = {}  # per worker process: the data set's tensors, by fingerprint
+_PREPARED: dict[str, Any] = {}  # per worker process: the data set's tensors, made at its first run
 
 
-def _prepared(data):
+class DataPlugin(WorkerPlugin):
+    """Holds a data set on every worker, including those that start later: a worker restarted
+    after a crash gets it too (scattered data would not survive the loss of its workers)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.name = plugin_name(data.fingerprint())
+
+
+def plugin_name(fingerprint: str) -> str:
+    return f"amsgrad-train-data-{fingerprint}"
+
+
+def _prepared(fingerprint: str):
+    from distributed import get_worker
+
     from .training import prepare
 
-    key = data.fingerprint()
-    if key not in _PREPARED:
+    if fingerprint not in _PREPARED:
+        worker, name = get_worker(), plugin_name(fingerprint)
+        deadline = time.monotonic() + 60.0
+        while name not in worker.plugins:  # a worker that has just started may be a moment behind
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the data set {fingerprint} did not reach worker {worker.address}")
+            time.sleep(0.05)
         _PREPARED.clear()  # one data set at a time
-        _PREPARED[key] = prepare(data)
-    return _PREPARED[key]
+        _PREPARED[fingerprint] = prepare(worker.plugins[name].data)
+    return _PREPARED[fingerprint]
 
 
-def _run_task(train_fn: Callable, config: TrainConfig, data, stop_event: str | None, threads: int | None, report_progress: bool):
+def _run_task(train_fn: Callable, config: TrainConfig, fingerprint: str, stop_event: str | None, threads: int | None, report_progress: bool):
     """One run, on a worker: None if the grid was stopped before it began."""
     import torch
 
@@ -170,7 +194,7 @@ def _run_task(train_fn: Callable, config: TrainConfig, data, stop_event: str | N
         def on_progress(step: int, values: dict[str, float]) -> None:
             worker.log_event(_PROGRESS_TOPIC, {"key": key, "step": step, "steps": config.steps})
 
-    return train_fn(config, _prepared(data), should_stop=should_stop, on_progress=on_progress)
+    return train_fn(config, _prepared(fingerprint), should_stop=should_stop, on_progress=on_progress)
 
 
 # ---------------------------------------------------------------------- the grid
@@ -179,14 +203,19 @@ def _client(scheduler: str | None, workers: int | None):
 
     if scheduler is not None:
         return Client(scheduler, timeout="20s"), None
-    cluster = LocalCluster(
-        n_workers=workers or os.cpu_count() or 1,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        host="127.0.0.1",
-        silence_logs=logging.ERROR,
-    )
+    import dask
+
+    # Send a worker one run at a time (Dask's default queues a little more), so that a worker
+    # that dies takes only the run it was doing with it.
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        cluster = LocalCluster(
+            n_workers=workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+            silence_logs=logging.ERROR,
+        )
     return Client(cluster), cluster
 
 
@@ -263,41 +292,55 @@ def run_grid(
         if on_progress is not None:
             client.subscribe_topic(_PROGRESS_TOPIC, lambda event: on_progress(event[1]["key"], event[1]["step"], event[1]["steps"]))
         stop_event = Event(stop_name, client=client)
-        shared = client.scatter(data, broadcast=True, hash=False)
-        futures = {
-            client.submit(_run_task, train_fn or train, config, shared, stop_name, threads_per_run, on_progress is not None, key=f"train-{config.key()}-{uuid.uuid4().hex[:8]}", pure=False): config
-            for config in todo
-        }
+        plugin = DataPlugin(data)
+        client.register_plugin(plugin)
+        def submit(config: TrainConfig):
+            key = f"train-{config.key()}-{uuid.uuid4().hex[:8]}"
+            return client.submit(_run_task, train_fn or train, config, fingerprint, stop_name, threads_per_run, on_progress is not None, key=key, pure=False)
+
+        futures = {submit(config): config for config in todo}
+        attempts = {config.key(): 1 for config in todo}
         pending = set(futures)
         stopping = False
         while pending:
             try:
-                done, pending = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
+                wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
             except KeyboardInterrupt:
-                done = set()
                 stopping = True
+            except Exception:  # noqa: BLE001 - a time-out, or a future cancelled: looked at below
+                pass
+            done = {f for f in pending if f.done()}
+            pending -= done
             if not stopping and should_stop is not None and should_stop():
                 stopping = True
             if stopping and not outcome.stopped:
                 outcome.stopped = True
                 stop_event.set()
             for future in done:
-                config = futures[future]
+                config = futures.pop(future)
+                key = config.key()
+                if future.cancelled() and not outcome.stopped and attempts[key] < 3:
+                    # the scheduler dropped it (its worker was lost at a bad moment): again
+                    attempts[key] += 1
+                    again = submit(config)
+                    futures[again] = config
+                    pending.add(again)
+                    continue
                 try:
                     result = future.result()
-                except Exception as error:  # noqa: BLE001 - a failed run is reported, the rest go on
-                    outcome.failed.append({"key": config.key(), "config": config.to_dict(), "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"})
+                except BaseException as error:  # noqa: BLE001 - a failed run is reported, the rest go on
+                    if isinstance(error, KeyboardInterrupt):
+                        raise
+                    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+                    outcome.failed.append({"key": key, "config": config.to_dict(), "error": f"{type(error).__name__}: {text}".rstrip(": ")})
                     continue
                 if result is None:  # stopped before it began
                     continue
                 save_result(out, result)
-                by_key[config.key()] = result
+                by_key[key] = result
                 if on_result is not None:
                     on_result(result)
-        if outcome.stopped:
-            stop_event.clear()
+        client.unregister_worker_plugin(plugin.name)
     finally:
         if owned and client is not None:
             client.close()

@@ -176,9 +176,10 @@ class TrainResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types; a value that is not finite (a diverged loss) becomes None."""
         return {
             "config": self.config.to_dict(),
-            "history": self.history,
+            "history": {k: [v if v is None or math.isfinite(v) else None for v in values] for k, values in self.history.items()},
             "completed": self.completed,
             "steps_done": self.steps_done,
             "seconds": self.seconds,
@@ -190,7 +191,7 @@ class TrainResult:
     def from_dict(cls, values: dict[str, Any]) -> TrainResult:
         return cls(
             config=TrainConfig.from_dict(values["config"]),
-            history={k: list(values["history"].get(k, [])) for k in HISTORY_KEYS},
+            history={k: [math.nan if v is None else v for v in values["history"].get(k, [])] for k in HISTORY_KEYS},
             completed=bool(values["completed"]),
             steps_done=int(values["steps_done"]),
             seconds=float(values["seconds"]),
