@@ -47,7 +47,7 @@ from distributed import WorkerPlugin
 
 from .training import TrainConfig, TrainResult
 
-__all__ = ["DataPlugin", "GridOutcome", "grid_configs", "load_finished", "run_grid", "save_result"]
+__all__ = ["DataPlugin", "GridOutcome", "default_configs", "grid_configs", "load_finished", "run_grid", "save_result"]
 
 _PROGRESS_TOPIC = "amsgrad-train-progress"
 
@@ -73,6 +73,34 @@ def grid_configs(
         for beta2 in dict.fromkeys(beta2s)
         for seed in dict.fromkeys(seeds)
     ]
+
+
+def default_configs(
+    model: str,
+    optimizers: Sequence[str] = ("adam", "amsgrad"),
+    lrs: Sequence[float] | None = None,
+    beta2s: Sequence[float] | None = None,
+    seeds: Sequence[int] | None = None,
+    steps: int | None = None,
+    **common: Any,
+) -> list[TrainConfig]:
+    """The grid of ``model`` with its defaults (:data:`~.models.MODELS`) where an argument is None."""
+    from .models import BETA2S, MODELS
+
+    info = MODELS[model] if model in MODELS else None
+    if info is None:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    common.setdefault("eval_every", info.eval_every)
+    common.setdefault("eval_size", info.eval_size)
+    return grid_configs(
+        model,
+        optimizers,
+        lrs if lrs is not None else info.lrs,
+        beta2s if beta2s is not None else BETA2S,
+        seeds if seeds is not None else info.seeds,
+        steps if steps is not None else info.steps,
+        **common,
+    )
 
 
 @dataclass
