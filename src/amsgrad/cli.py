@@ -150,7 +150,51 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--beta2-range", nargs=2, type=_beta, default=[0.5, 0.9999], metavar=("LOW", "HIGH"), help="β2 from LOW to HIGH, 1-β2 evenly spaced on a log scale (default: 0.5 0.9999)")
     sweep.add_argument("--metric", choices=("final-x", "average-regret"), default="final-x", help="what the heatmaps show (default: %(default)s)")
     sweep.set_defaults(handler=_sweep, command_parser=sweep)
+    _add_train(commands)
     return parser
+
+
+def _add_train(commands) -> None:
+    """``amsgrad train``: the paper's Section 5 on real data, a grid over (optimizer, α, β2, seed)."""
+    from .experiments.realdata.data import DATASETS
+    from .experiments.realdata.models import BETA2S, MODELS
+    from .experiments.variants import VARIANTS
+
+    train = commands.add_parser(
+        "train",
+        help="the paper's real-data experiments: logistic regression, MLP, CIFARNET, grid search",
+        description="Train the paper's models (Section 5) with each optimizer over a grid of step sizes α and β2 and several seeds, "
+        "on the data's standard files in --data-dir; print each optimizer's best grid point (mean ± std over seeds), plot "
+        "training and test loss against iterations (Figure 2), record the runs. The runs go to local worker processes, or to "
+        "a Dask cluster (--scheduler). Each finished run is saved at once in --out: the same command with the same --out "
+        "resumes a stopped or failed grid. Defaults per model: "
+        + "; ".join(f"{m.name}: lr {' '.join(f'{x:g}' for x in m.lrs)}, {m.steps:,} steps, seeds {' '.join(map(str, m.seeds))}" for m in MODELS.values())
+        + f"; beta2 {' '.join(f'{b:g}' for b in BETA2S)}. Example: amsgrad train --model logreg --dataset fashion-mnist",
+    )
+    what = train.add_argument_group("model and data")
+    what.add_argument("--model", choices=list(MODELS), default="logreg", help="; ".join(f"{m.name}: {m.summary}" for m in MODELS.values()) + " (default: %(default)s)")
+    what.add_argument("--dataset", choices=list(DATASETS), default="mnist", help="the files' format: MNIST/Fashion-MNIST IDX files or CIFAR-10's python batches (default: %(default)s)")
+    what.add_argument("--data-dir", type=Path, metavar="DIR", help="the folder with the data set's files (default: data/DATASET; `make data` fetches Fashion-MNIST and a 5,000-image MNIST subset)")
+    what.add_argument("--kernel-size", type=int, choices=(6, 5), default=6, help="CIFARNET's convolution kernels: 6 (the paper's) or 5 (TF-slim's) (default: %(default)s)")
+    grid = train.add_argument_group("grid")
+    grid.add_argument("--optimizers", nargs="+", choices=list(VARIANTS), default=["adam", "amsgrad"], metavar="NAME", help="any of: " + ", ".join(VARIANTS) + " (default: %(default)s)")
+    grid.add_argument("--lr", nargs="+", type=_positive, metavar="LR", help="step sizes α to search (default: the model's)")
+    grid.add_argument("--beta2", nargs="+", type=_beta, metavar="B2", help=f"values of β2 to search (default: {' '.join(f'{b:g}' for b in BETA2S)}, the paper's)")
+    grid.add_argument("--seeds", nargs="+", type=_integer(0), metavar="SEED", help="seeds of every grid point (default: the model's)")
+    grid.add_argument("--steps", type=_steps, help="optimizer steps of 128 examples per run (default: the model's)")
+    grid.add_argument("--eval-every", type=_steps, metavar="N", help="record the losses every N steps (default: the model's)")
+    grid.add_argument("--eval-size", type=_steps, metavar="N", help="evaluate on at most N test and N training examples (default: the model's)")
+    grid.add_argument("--select", choices=("train-loss", "test-loss", "test-accuracy"), default="train-loss", help="how the best grid point of each optimizer is chosen: lowest mean final training or test loss, or highest test accuracy (default: %(default)s)")
+    where = train.add_argument_group("where it runs")
+    where.add_argument("--workers", type=_integer(1), metavar="N", help="local worker processes (default: the machine's cores)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://10.0.0.5:8786, whose workers have this package and run one thread each (default: local processes)")
+    where.add_argument("--threads-per-run", type=_integer(1), metavar="N", help="torch threads of each run (default: cores / workers locally, 1 on a cluster)")
+    out = train.add_argument_group("output")
+    out.add_argument("--out", type=Path, metavar="DIR", help="folder for the runs, results, table and plots; an existing one is resumed (default: a new folder in ./runs)")
+    out.add_argument("--json", action="store_true", help="print the results as JSON, and nothing else, on stdout")
+    out.add_argument("--no-track", action="store_true", help="do not record runs with MLflow")
+    out.add_argument("--experiment", metavar="NAME", help="MLflow experiment name (default: train)")
+    train.set_defaults(handler=_train, command_parser=train)
 
 
 def _version() -> str:
@@ -395,6 +439,237 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     _print_document(args, document, problem, heading, table, out, tracker)
     return _exit_status(parser.prog, tracker, interrupted, out)
+
+
+# ---------------------------------------------------------------------- amsgrad train
+EXIT_TERMINATED = 143
+
+
+class _StopFlag:
+    """SIGINT and SIGTERM ask the grid to stop (the running runs return what they have);
+    a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[number] = signal.signal(number, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, number, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = number
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    with _StopFlag() as stop:
+        return _train_grid(args, parser, stop)
+
+
+def _train_grid(args: argparse.Namespace, parser: argparse.ArgumentParser, stop: _StopFlag) -> int:
+    import os
+    import time
+
+    import numpy as np
+    import torch
+
+    from . import __version__
+    from .experiments.realdata import summary
+    from .experiments.realdata.data import DATASETS, DataError, load_dataset
+    from .experiments.realdata.grid import default_configs, load_finished, run_grid
+    from .experiments.realdata.training import HISTORY_KEYS, measure, prepare
+    from .experiments.report import write_json, write_text
+    from .experiments.tracking import Tracker
+
+    started = time.monotonic()
+    try:
+        configs = default_configs(
+            args.model, args.optimizers, args.lr, args.beta2, args.seeds, args.steps,
+            kernel_size=args.kernel_size,
+            **{k: v for k, v in (("eval_every", args.eval_every), ("eval_size", args.eval_size)) if v is not None},
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    data_dir = args.data_dir if args.data_dir is not None else Path("data") / args.dataset
+    try:
+        data = load_dataset(args.dataset, data_dir)
+    except DataError as error:
+        hint = "" if args.data_dir is not None else f"; put {DATASETS[args.dataset]['label']}'s files there or pass --data-dir (make data fetches Fashion-MNIST and 5,000 MNIST images)"
+        parser.error(f"data: {error}{hint}")
+    if configs[0].batch_size > len(data.train_labels):
+        parser.error(f"data: {data_dir} has {len(data.train_labels)} training images, fewer than a minibatch of {configs[0].batch_size}")
+    if args.out is not None:
+        out = args.out
+        from .experiments.report import check_writable
+
+        try:
+            check_writable(out)
+        except OSError as error:
+            parser.error(f"argument --out: cannot write to {str(out)!r} ({error.strerror or error})")
+    else:
+        out = _out_dir(args, parser, f"train-{args.model}-{args.dataset}")
+    select = args.select.replace("-", "_")
+
+    # The cost, from a few real steps here, before anything starts.
+    fingerprint = data.fingerprint()
+    todo = [c for c in configs if load_finished(out, c, fingerprint) is None]
+    workers = None if args.scheduler is not None else (args.workers or os.cpu_count() or 1)  # None: a cluster's
+    estimate = None
+    if todo:
+        threads = args.threads_per_run or (max(1, (os.cpu_count() or 1) // workers) if workers else 1)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            step, record = measure(todo[0], prepare(data))
+        finally:
+            torch.set_num_threads(previous)
+        per_run = sum(c.steps * step + (c.steps // c.record_every + 1) * record for c in todo) / len(todo)
+        estimate = {"runs": len(todo), "seconds_per_run": round(per_run, 3), "seconds": round(per_run * len(todo) / workers, 3) if workers else None, "workers": workers, "threads_per_run": threads}
+    if not args.json:
+        lines = [f"{data.describe()}", f"{args.model}: {len(configs)} runs ({len(configs) - len(todo)} already in {out})"]
+        if estimate is not None:
+            each = f"about {_duration(estimate['seconds_per_run'])} a run here"
+            lines.append(f"{each}, about {_duration(estimate['seconds'])} in all on {workers} local workers" if workers else f"{each}; on the cluster at {args.scheduler}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    tracker = Tracker(args.experiment or "train", enabled=not args.no_track)
+    versions = {"amsgrad_version": __version__, "torch_version": torch.__version__}
+    grid_params = {
+        "model": args.model, "dataset": args.dataset, "data": data.describe(), "data_fingerprint": fingerprint,
+        "optimizers": ",".join(dict.fromkeys(c.optimizer for c in configs)), "lrs": ",".join(f"{x:g}" for x in dict.fromkeys(c.lr for c in configs)),
+        "beta2s": ",".join(f"{x:g}" for x in dict.fromkeys(c.beta2 for c in configs)), "seeds": ",".join(str(x) for x in dict.fromkeys(c.seed for c in configs)),
+        "steps": configs[0].steps, "batch_size": configs[0].batch_size, "beta1": configs[0].beta1, "eps": configs[0].eps,
+        "schedule": configs[0].resolved_schedule, "kernel_size": args.kernel_size if args.model == "cifarnet" else None,
+        "select": select, "scheduler": args.scheduler or "local", **versions,
+    }
+    parent = tracker.start_run(f"{args.model} on {args.dataset}", grid_params, description=f"grid search of {grid_params['optimizers']} on {args.model}, {data.describe()}", tags={"grid": "parent"})
+    children: dict[str, object] = {}
+
+    def record_child(result) -> None:
+        c = result.config
+        handle = tracker.start_run(
+            c.label, {**{k: v for k, v in c.to_dict().items()}, "schedule": c.resolved_schedule, "dataset": args.dataset, "data_fingerprint": fingerprint, **versions},
+            description=f"{c.label}: {args.model} on {data.describe()}, {c.steps:,} steps", tags={"optimizer": c.optimizer, "key": c.key()}, parent=parent,
+        )
+        history = result.history
+        tracker.log_metrics(handle, np.asarray(history["step"]), {k: np.asarray(history[k], dtype=np.float64) for k in HISTORY_KEYS if k != "step"})
+        tracker.log_metrics(handle, np.array([result.steps_done]), {"seconds": np.array([result.seconds])})
+        tracker.finish(handle, "FINISHED" if result.completed else "KILLED")
+        children[c.key()] = handle
+
+    progress = _Progress(sum(c.steps for c in todo), unit="step")
+    done_steps: dict[str, int] = {}
+
+    def on_progress(key: str, step: int, steps: int) -> None:
+        progress.update(step - done_steps.get(key, 0))
+        done_steps[key] = step
+
+    def on_result(result) -> None:
+        record_child(result)
+
+    try:
+        outcome = run_grid(configs, data, out, scheduler=args.scheduler, workers=args.workers, threads_per_run=args.threads_per_run, should_stop=stop, on_result=on_result, on_progress=on_progress)
+    except KeyboardInterrupt:
+        outcome = None
+    except OSError as error:  # a scheduler that cannot be reached
+        tracker.finish(parent, "FAILED")
+        print(f"{parser.prog}: error: could not run the grid: {error}", file=sys.stderr)
+        return EXIT_TRACKING
+    finally:
+        progress.close()
+    interrupted = stop.signal
+    if outcome is None:  # a second signal: what is saved in out is all there is
+        tracker.finish(parent, "KILLED")
+        print(f"{parser.prog}: stopped at once; the finished runs are saved in {out}", file=sys.stderr)
+        return EXIT_TERMINATED if interrupted == signal.SIGTERM else EXIT_INTERRUPTED
+    for failure in outcome.failed:
+        handle = tracker.start_run(_failed_label(failure), {**failure["config"], **versions}, description=failure["error"], tags={"key": failure["key"]}, parent=parent)
+        tracker.finish(handle, "FAILED")
+
+    results = outcome.results
+    table = summary.results_table(results, select) if results else "no finished runs"
+    document = summary.results_document(results, select) if results else {"select": select, "results": [], "grid": []}
+    plots: list[str] = []
+    if any(p.completed for p in summary.grid_points(results)):
+        from .experiments.realdata.plots import plot_losses
+
+        title = f"{args.model} on {data.label} ({len(data.train_labels):,} training images), best α and β2 of each optimizer, mean ± std over seeds"
+        plots = [str(p) for p in plot_losses(results, [out / "losses.png", out / "losses.pdf"], title=title, select=select)]
+    write_text(out / "results.txt", table)
+    document = {
+        "model": args.model, "dataset": args.dataset, "data": data.describe(), "data_dir": str(data_dir), "steps": configs[0].steps,
+        **document, "failed": outcome.failed, "completed": outcome.completed and interrupted is None, "stopped": outcome.stopped,
+        "resumed": outcome.resumed, "runs_in_grid": len(configs), "plot": plots[0] if plots else None, "plots": plots,
+        "out": str(out), "workers": outcome.workers, "scheduler": args.scheduler, "estimate": estimate, "seconds": round(time.monotonic() - started, 3),
+        **versions,
+    }
+    write_json(out / "results.json", document)
+    if parent is not None:
+        for row in document["results"]:
+            tracker.log_metrics(parent, np.array([0]), {f"{row['optimizer']}.{k}": np.array([np.nan if row[k] is None else row[k]]) for k in row if k.startswith("final_")})
+    _finish_runs(tracker, [parent], "KILLED" if interrupted else ("FAILED" if outcome.failed else "FINISHED"), [out / "results.json", *map(Path, plots)])
+    document["runs"] = tracker.describe_runs()[:1] + [{"children": len(tracker.runs) - 1}] if tracker.runs else []
+    document["tracking_error"] = tracker.error
+    write_json(out / "results.json", document)
+
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        heading = f"{args.model} on {data.describe()}; {configs[0].steps:,} steps of {configs[0].batch_size}, beta1 {configs[0].beta1:g}, step size {'lr/sqrt(t)' if configs[0].resolved_schedule == 'inv-sqrt' else 'constant'}; best of each optimizer by {args.select}"
+        lines = [heading, "", table, ""]
+        if outcome.failed:
+            lines += [f"failed   {f['key']}: {f['error']}" for f in outcome.failed]
+        lines += [
+            f"plots    {', '.join(plots) if plots else 'not drawn'}",
+            f"results  {out / 'results.json'} (each run in {out / 'runs'}; the same --out resumes)",
+            *_tracking_lines_grid(tracker),
+        ]
+        print("\n".join(lines))
+    if tracker.error is not None:
+        _warn(parser.prog, f"the runs were not recorded in MLflow ({tracker.error}); the results are saved in {out}")
+    if interrupted is not None:
+        _warn(parser.prog, f"stopped by {'SIGTERM' if interrupted == signal.SIGTERM else 'Ctrl-C'}; the runs so far are saved in {out}, and the same command resumes")
+        return EXIT_TERMINATED if interrupted == signal.SIGTERM else EXIT_INTERRUPTED
+    if outcome.failed:
+        _warn(parser.prog, f"{len(outcome.failed)} run(s) failed; the same command runs them again")
+        return EXIT_TRACKING
+    return EXIT_TRACKING if tracker.error is not None else EXIT_OK
+
+
+def _failed_label(failure: dict) -> str:
+    c = failure["config"]
+    return f"{c['optimizer']} lr={c['lr']:g} beta2={c['beta2']:g} seed={c['seed']} (failed)"
+
+
+def _tracking_lines_grid(tracker) -> list[str]:
+    if not tracker.enabled:
+        return ["runs     not recorded (--no-track)"]
+    if tracker.error is not None or not tracker.runs:
+        return ["runs     not recorded (see the warning below)"]
+    parent = tracker.describe_runs()[0]
+    where = parent["url"] or f"{parent['run_id']} in {tracker.uri}"
+    return [f"runs     {parent['name']} {where}, experiment {tracker.experiment!r}, with {len(tracker.runs) - 1} child runs"]
 
 
 # ---------------------------------------------------------------------- entry point

@@ -137,8 +137,12 @@ class Tracker:
         self._client = client
         return True
 
-    def start_run(self, name: str, params: dict[str, Any], description: str = "", tags: dict[str, str] | None = None) -> RunHandle | None:
-        """Open a run named ``name`` with its parameters; None when not recording."""
+    def start_run(self, name: str, params: dict[str, Any], description: str = "", tags: dict[str, str] | None = None, parent: RunHandle | None = None) -> RunHandle | None:
+        """Open a run named ``name`` with its parameters; None when not recording.
+
+        With ``parent``, the run is a child of that one (MLflow's ``mlflow.parentRunId`` tag),
+        shown nested under it in the UI: one parent per grid, a child per configuration.
+        """
         if not self.active:
             return None
         try:
@@ -147,6 +151,8 @@ class Tracker:
 
             with _quiet():
                 all_tags = {"mlflow.note.content": description, **(tags or {})}
+                if parent is not None:
+                    all_tags["mlflow.parentRunId"] = parent.run_id
                 run = self._client.create_run(self._experiment_id, run_name=name, tags=all_tags)
                 handle = RunHandle(run.info.run_id, name, self._experiment_id)
                 items = [Param(k, str(v)) for k, v in params.items() if v is not None]

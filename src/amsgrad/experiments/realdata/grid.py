@@ -39,6 +39,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -235,7 +236,9 @@ def _client(scheduler: str | None, workers: int | None):
 
     # Send a worker one run at a time (Dask's default queues a little more), so that a worker
     # that dies takes only the run it was doing with it.
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), warnings.catch_warnings():
+        # the scheduler's HTTP port (health checks only, no dashboard here) moves when 8787 is taken
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
         cluster = LocalCluster(
             n_workers=workers or os.cpu_count() or 1,
             threads_per_worker=1,

@@ -335,3 +335,20 @@ def train(
         result.step_seconds = result.seconds - record_seconds
         result.steps_done = step
     return result
+
+
+def measure(config: TrainConfig, data, steps: int = 3) -> tuple[float, float]:
+    """Seconds per step and per record of ``config`` here, from a few real ones (after one to warm up).
+
+    For a cost estimate before a grid starts: a run costs about
+    ``config.steps * step + (config.steps // config.record_every + 1) * record``.
+    """
+    import dataclasses
+
+    prepared = data if isinstance(data, Prepared) else prepare(data)
+    probe = dataclasses.replace(config, steps=steps + 1, eval_every=steps + 1)
+    warm = dataclasses.replace(probe, steps=1, eval_every=1)
+    train(warm, prepared)
+    result = train(probe, prepared)
+    records = len(result.history["step"])
+    return result.step_seconds / probe.steps, (result.seconds - result.step_seconds) / records
