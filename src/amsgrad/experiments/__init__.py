@@ -28,9 +28,29 @@ The command line (``amsgrad synthetic``, ``amsgrad sweep``) is a thin layer over
 (1.0, True)
 """
 
-from .problems import SETTINGS, Problem, make_problem, theorem1_betas
-from .simulate import ENGINES, Interrupted, RunResult, Trace, simulate
-from .variants import SCHEDULES, VARIANTS, Settings, Variant, variant
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Each public name and the module that defines it. They load on first use, so that the
+#: tracking process (:mod:`.recorder`) and the command line import only what they need.
+_EXPORTS = {
+    "SETTINGS": "problems",
+    "Problem": "problems",
+    "make_problem": "problems",
+    "theorem1_betas": "problems",
+    "ENGINES": "simulate",
+    "Interrupted": "simulate",
+    "RunResult": "simulate",
+    "Trace": "simulate",
+    "simulate": "simulate",
+    "SCHEDULES": "variants",
+    "VARIANTS": "variants",
+    "Settings": "variants",
+    "Variant": "variants",
+    "variant": "variants",
+}
 
 __all__ = [
     "ENGINES",
@@ -48,3 +68,21 @@ __all__ = [
     "theorem1_betas",
     "variant",
 ]
+
+if TYPE_CHECKING:
+    from .problems import SETTINGS, Problem, make_problem, theorem1_betas
+    from .simulate import ENGINES, Interrupted, RunResult, Trace, simulate
+    from .variants import SCHEDULES, VARIANTS, Settings, Variant, variant
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'amsgrad.experiments' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .problems import Problem
+from .stopping import native_section
 from .variants import Settings, Variant
 
 __all__ = ["SweepResult", "SweepInterrupted", "default_beta1s", "default_beta2s", "sweep"]
@@ -56,6 +57,14 @@ class SweepResult:
     average_regret: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
+    cells_done: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> bool:
+        """Every cell of every variant was run."""
+        size = self.beta1s.size * self.beta2s.size
+        return all(self.cells_done.get(v.name, 0) == size for v in self.variants)
+
     @property
     def below_curve(self) -> np.ndarray:
         """True where β1 < √β2, the condition of Adam's original convergence proof."""
@@ -65,21 +74,28 @@ class SweepResult:
         """Per variant: how much of the grid ends near x* = -1 or at the wrong end, +1."""
         rows = []
         for v in self.variants:
+            if v.name not in self.final_x:
+                continue  # not started
             x = self.final_x[v.name]
+            done = self.cells_done.get(v.name, 0)
             rows.append(
                 {
                     "optimizer": v.name,
                     "label": v.label,
-                    "cells": int(x.size),
+                    "cells": done,
                     "near_optimum": int((x < -0.5).sum()),
                     "at_plus_one": int((x > 0.99).sum()),
                     "at_plus_one_below_curve": int(((x > 0.99) & self.below_curve).sum()),
-                    "median_final_x": float(np.median(x)),
-                    "median_average_regret": float(np.median(self.average_regret[v.name])),
-                    "seconds": round(self.seconds[v.name], 6),
+                    "median_final_x": _median(x.ravel()[:done]),
+                    "median_average_regret": _median(self.average_regret[v.name].ravel()[:done]),
+                    "seconds": round(self.seconds.get(v.name, 0.0), 6),
                 }
             )
         return rows
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if values.size else float("nan")
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -99,11 +115,14 @@ def sweep(
     beta2s: np.ndarray,
     *,
     on_progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SweepResult:
     """Run every variant at every (β1, β2) for ``steps`` steps (``settings.betas`` is ignored).
 
     The grid runs one β1 row at a time, its cells in parallel; ``on_progress`` is called
-    with the number of cells after each row. Ctrl-C raises :class:`SweepInterrupted`.
+    with the number of cells after each row. ``should_stop`` is checked before every row:
+    when it returns True the sweep ends there, and the cells not run stay NaN (``completed``
+    is False). Ctrl-C raises :class:`SweepInterrupted`.
 
     >>> from amsgrad.experiments import make_problem, variant, Settings
     >>> r = sweep(make_problem("online"), [variant("adam"), variant("amsgrad")], Settings(),
@@ -127,9 +146,17 @@ def sweep(
             final_x = result.final_x[v.name] = np.full(shape, np.nan)
             average_regret = result.average_regret[v.name] = np.full(shape, np.nan)
             for i in range(beta1s.size):
-                row_x, row_regret = final_points(problem, v, settings, steps, beta1s[i : i + 1], beta2s)
-                final_x[i], average_regret[i] = row_x[0], row_regret[0]
-                result.seconds[v.name] = time.perf_counter() - start
+                if should_stop is not None and should_stop():
+                    return result
+                row = None
+                try:
+                    with native_section():  # a signal's exception waits for the row's end
+                        row = final_points(problem, v, settings, steps, beta1s[i : i + 1], beta2s)
+                finally:  # a row that was computed is kept, whatever is raised at its end
+                    if row is not None:
+                        final_x[i], average_regret[i] = row[0][0], row[1][0]
+                        result.seconds[v.name] = time.perf_counter() - start
+                        result.cells_done[v.name] = (i + 1) * beta2s.size
                 if on_progress is not None:
                     on_progress(beta2s.size)
     except KeyboardInterrupt:

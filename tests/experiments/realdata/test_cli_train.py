@@ -7,9 +7,11 @@ import signal
 import subprocess
 import time
 
+import psutil
 import pytest
 
 from ..conftest import COMMAND, clean_env
+from ..test_cli import _local_artifacts
 from .files import write_cifar10, write_mnist
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -31,7 +33,7 @@ def test_logreg_grid_json_plots_mlflow_and_resume(run_cli, tmp_path):
     for r in results.values():
         assert {"optimizer", "final_train_loss", "final_test_loss", "final_train_accuracy", "final_test_accuracy", "final_train_loss_std", "lr", "beta2", "seeds"} <= set(r)
         assert r["seeds"] == [0, 1] and r["final_test_accuracy"] > 0.9 and r["lr"] in (0.1, 1.0)
-    assert len(document["grid"]) == 4 and document["estimate"]["runs"] == 8
+    assert len(document["grid"]) == 4 and document["cost"]["runs"] == 8 and document["cost"]["seconds"] > 0
     out = tmp_path / "out"
     assert (out / "losses.png").read_bytes().startswith(PNG) and (out / "losses.pdf").read_bytes().startswith(b"%PDF")
     assert json.loads((out / "results.json").read_text()) == document
@@ -44,8 +46,7 @@ def test_logreg_grid_json_plots_mlflow_and_resume(run_cli, tmp_path):
     assert parent.info.status == "FINISHED" and parent.info.run_name == "logreg on mnist"
     assert parent.data.params["model"] == "logreg" and parent.data.params["seeds"] == "0,1" and parent.data.params["torch_version"]
     assert "adam.final_train_loss" in parent.data.metrics
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"results.json", "losses.png", "losses.pdf"} <= artifacts
+    assert {"results.json", "results.txt", "losses.png", "losses.pdf"} <= _local_artifacts(tmp_path, parent)
     children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 8 and all(c.info.status == "FINISHED" for c in children)
     child = children[0]
@@ -55,7 +56,7 @@ def test_logreg_grid_json_plots_mlflow_and_resume(run_cli, tmp_path):
 
     again = run_cli(*args)  # the same --out: nothing is run again
     assert again.returncode == 0, again.stderr
-    assert again.json()["resumed"] == 8 and again.json()["estimate"] is None
+    assert again.json()["resumed"] == 8 and again.json()["cost"]["runs"] == 0
     assert again.json()["results"] == document["results"]
 
 
@@ -65,9 +66,10 @@ def test_cifarnet_on_cifar10_files_table(run_cli, tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("cifarnet on cifar10: 200 training and 20 test images of 3x32x32")
-    assert lines[2].split()[:3] == ["optimizer", "best", "lr"] and lines[4].startswith("Adam") and lines[5].startswith("AMSGrad")
+    assert lines[3].split()[:3] == ["optimizer", "best", "lr"] and lines[5].startswith("Adam") and lines[6].startswith("AMSGrad")
     assert "runs     not recorded (--no-track)" in done.stdout
-    assert "about" in done.stderr and "1 local workers" in done.stderr  # the cost, before it starts
+    assert done.stderr == ""
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["cost"]["runs"] == 2  # estimated before it started
     saved = json.loads((tmp_path / "o" / "runs" / next(p.name for p in (tmp_path / "o" / "runs").iterdir())).read_text())
     assert saved["config"]["kernel_size"] == 5
 
@@ -121,16 +123,16 @@ def test_a_signal_stops_the_grid_and_saves_the_runs(tmp_path, signum, status):
     with log.open("w") as stderr_file:
         process = subprocess.Popen([*args, *([] if tracked else ["--no-track"])], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=stderr_file, text=True, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while process.poll() is None and "local workers" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)  # the cost estimate: the grid starts next
-        time.sleep(4.0)  # the cluster starts, the runs begin
+        while process.poll() is None and len(psutil.Process(process.pid).children(recursive=True)) < 2 + tracked and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the worker processes (and the recording process) are there
+        time.sleep(3.0)  # the runs begin
         process.send_signal(signum)
         stdout, _ = process.communicate(timeout=60)
     stderr = log.read_text()
     assert process.returncode == status, stderr
-    assert "stopped by" in stderr and "the same command resumes" in stderr
+    assert f"stopped by {signal.Signals(signum).name}" in stderr and "the results so far are saved" in stderr
     document = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert document["stopped"] and not document["completed"]
+    assert document["stopped_by"] == signal.Signals(signum).name and not document["completed"]
     saved = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     # both runs had started (a run not started yet returns nothing); each saved what it had
     assert len(saved) == 2 and all(not s["completed"] and s["steps_done"] < 1_000_000 and len(s["history"]["step"]) >= 1 for s in saved)

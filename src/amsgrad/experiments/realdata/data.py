@@ -96,6 +96,10 @@ class Dataset:
         """One image's (channels, height, width)."""
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.train_images, self.train_labels, self.test_images, self.test_labels))
+
     def describe(self) -> str:
         c, h, w = self.shape
         return (

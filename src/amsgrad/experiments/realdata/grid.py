@@ -40,6 +40,7 @@ import os
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -236,7 +237,7 @@ def _client(scheduler: str | None, workers: int | None):
 
     # Send a worker one run at a time (Dask's default queues a little more), so that a worker
     # that dies takes only the run it was doing with it.
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), warnings.catch_warnings():
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), warnings.catch_warnings(), _workers_ignore_ctrl_c():
         # the scheduler's HTTP port (health checks only, no dashboard here) moves when 8787 is taken
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         cluster = LocalCluster(
@@ -248,6 +249,24 @@ def _client(scheduler: str | None, workers: int | None):
             silence_logs=logging.ERROR,
         )
     return Client(cluster), cluster
+
+
+@contextmanager
+def _workers_ignore_ctrl_c():
+    """Start worker processes with SIGINT ignored (an ignored signal stays ignored in a new
+    process): Ctrl-C at a terminal reaches every process of its group, and the workers must go
+    on to the end of their step and return what they have when this process asks them to."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_grid(
