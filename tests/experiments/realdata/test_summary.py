@@ -77,3 +77,10 @@ def test_plot_png_and_vector(tmp_path):
     assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:500] and len(saved) == 3
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_losses([_run("adam", 0.1, 0, 0.5, completed=False)], [tmp_path / "g.png"])
+
+
+def test_a_stopped_grid_is_reported_with_how_far_it_got():
+    stopped = [_run("adam", 0.1, 0, 0.5, completed=False), _run("amsgrad", 0.1, 0, 0.4, completed=False)]
+    assert best_points(stopped) == []
+    table = results_table(stopped).splitlines()
+    assert table[0].split()[-2:] == ["steps", "done"] and table[2].split()[-1] == "10" and table[3].startswith("AMSGrad")

@@ -77,14 +77,17 @@ def grid_points(results: Sequence[TrainResult]) -> list[GridPoint]:
     return list(points.values())
 
 
-def best_points(results: Sequence[TrainResult], select: str = "train_loss") -> list[GridPoint]:
-    """Each optimizer's best grid point: the lowest mean final ``select`` (highest, for an accuracy)."""
+def best_points(results: Sequence[TrainResult], select: str = "train_loss", finished_only: bool = True) -> list[GridPoint]:
+    """Each optimizer's best grid point: the lowest mean final ``select`` (highest, for an accuracy).
+
+    ``finished_only=False`` also considers points with stopped runs (to report a stopped grid).
+    """
     if select not in HISTORY_KEYS or select == "step":
         raise ValueError(f"select must be one of {', '.join(METRICS)}, got {select!r}")
     sign = -1.0 if "accuracy" in select else 1.0
     best: dict[str, GridPoint] = {}
     for point in grid_points(results):
-        if not point.completed:
+        if finished_only and not point.completed:
             continue
         mean = point.final(select)[0]
         score = sign * mean if math.isfinite(mean) else math.inf
@@ -138,9 +141,13 @@ def _cell(mean: float, std: float, accuracy: bool) -> str:
 
 def results_table(results: Sequence[TrainResult], select: str = "train_loss") -> str:
     """The best point of each optimizer: final losses and accuracies (%), mean ± std over seeds."""
-    header = ["optimizer", "best lr", "beta2", "seeds", "train loss", "test loss", "train acc %", "test acc %"]
+    points = best_points(results, select)
+    stopped = not points  # a stopped grid: show how far its runs got
+    if stopped:
+        points = best_points(results, select, finished_only=False)
+    header = ["optimizer", "best lr", "beta2", "seeds", "train loss", "test loss", "train acc %", "test acc %"] + (["steps done"] if stopped else [])
     rows = []
-    for point in best_points(results, select):
+    for point in points:
         rows.append(
             [
                 VARIANTS[point.optimizer].label if point.optimizer in VARIANTS else point.optimizer,
@@ -148,6 +155,7 @@ def results_table(results: Sequence[TrainResult], select: str = "train_loss") ->
                 f"{point.beta2:g}",
                 str(len(point.runs)),
                 *(_cell(*point.final(key), accuracy="accuracy" in key) for key in METRICS),
+                *([f"{min(r.steps_done for r in point.runs):,}"] if stopped else []),
             ]
         )
     return _table(header, rows)
