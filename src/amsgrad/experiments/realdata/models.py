@@ -52,14 +52,15 @@ class ModelInfo:
     seeds: tuple[int, ...]
     eval_every: int
     eval_size: int
+    label: str = ""
 
 
 MODELS: dict[str, ModelInfo] = {
     m.name: m
     for m in (
-        ModelInfo("logreg", "inv-sqrt", "logistic regression, 784 -> 10, step size lr/sqrt(t)", (0.01, 0.03, 0.1, 0.3), 5000, (0, 1, 2), 100, 10_000),
-        ModelInfo("mlp", "constant", "one hidden layer of 100 ReLU units, constant step size", (1e-4, 3e-4, 1e-3, 3e-3), 5000, (0, 1, 2), 100, 10_000),
-        ModelInfo("cifarnet", "constant", "2 conv layers of 64 (6x6; --kernel-size 5: TF-slim's), max-pool, LRN, fc 384, dropout 0.5, fc 192", (3e-4, 1e-3), 1500, (0, 1), 100, 1000),
+        ModelInfo("logreg", "inv-sqrt", "logistic regression, 784 -> 10, step size lr/sqrt(t)", (0.01, 0.03, 0.1, 0.3), 5000, (0, 1, 2), 100, 10_000, "logistic regression"),
+        ModelInfo("mlp", "constant", "one hidden layer of 100 ReLU units, constant step size", (1e-4, 3e-4, 1e-3, 3e-3, 1e-2), 5000, (0, 1, 2), 100, 10_000, "MLP, 100 ReLU units"),
+        ModelInfo("cifarnet", "constant", "2 conv layers of 64 (6x6; --kernel-size 5: TF-slim's), max-pool, LRN, fc 384, dropout 0.5, fc 192", (3e-4, 1e-3), 1500, (0, 1), 100, 1000, "CIFARNET"),
     )
 }
 
