@@ -65,8 +65,8 @@ def grid_configs(
 ) -> list[TrainConfig]:
     """Every (optimizer, α, β2, seed) of the grid, each a :class:`TrainConfig` with ``common``.
 
-    >>> [c.key()[:28] for c in grid_configs("logreg", ["adam"], [0.1], [0.99, 0.999], [0], 10)]
-    ['logreg-adam-lr0.1-b20.99-seed0', 'logreg-adam-lr0.1-b20.999-seed']
+    >>> [c.key().rsplit("-", 1)[0] for c in grid_configs("logreg", ["adam"], [0.1], [0.99, 0.999], [0], 10)]
+    ['logreg-adam-lr0.1-b20.99-seed0', 'logreg-adam-lr0.1-b20.999-seed0']
     """
     return [
         TrainConfig(model, optimizer, lr=float(lr), beta2=float(beta2), seed=int(seed), steps=int(steps), **common)
