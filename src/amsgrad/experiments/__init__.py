@@ -16,8 +16,10 @@ A map of the package:
 * :mod:`~amsgrad.experiments.plotting` — the figures (matplotlib, PNG).
 * :mod:`~amsgrad.experiments.tracking` — recording runs with MLflow.
 * :mod:`~amsgrad.experiments.report` — tables, JSON and the files written to ``--out``.
+* :mod:`~amsgrad.experiments.realdata` — the paper's Section 5: real data, its three models,
+  a grid search on Dask distributed (``amsgrad train``).
 
-The command line (``amsgrad synthetic``, ``amsgrad sweep``) is a thin layer over these, in
+The command line (``amsgrad synthetic``, ``amsgrad sweep``, ``amsgrad train``) is a thin layer over these, in
 :mod:`amsgrad.cli`.
 
 >>> from amsgrad.experiments import make_problem, simulate, variant, Settings
