@@ -114,6 +114,19 @@ def test_bad_or_missing_data_is_one_line_and_exit_2(run_cli, tmp_path, setup, ar
     assert message in done.stderr, done.stderr
 
 
+def _workers_training(pid: int, cpu_seconds: float = 4.0) -> bool:
+    """Both Dask worker processes have used enough CPU to have imported torch and begun their run."""
+    workers = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                times = child.cpu_times()
+                workers.append(times.user + times.system)
+        except psutil.Error:
+            continue
+    return len(workers) >= 2 and min(workers) > cpu_seconds
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_the_grid_and_saves_the_runs(tmp_path, signum, status):
     write_mnist(tmp_path / "d", train=400, test=50, learnable=True)
@@ -122,10 +135,10 @@ def test_a_signal_stops_the_grid_and_saves_the_runs(tmp_path, signum, status):
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr_file:
         process = subprocess.Popen([*args, *([] if tracked else ["--no-track"])], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=stderr_file, text=True, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while process.poll() is None and len(psutil.Process(process.pid).children(recursive=True)) < 2 + tracked and time.monotonic() < deadline:
-            time.sleep(0.1)  # until the worker processes (and the recording process) are there
-        time.sleep(3.0)  # the runs begin
+        deadline = time.monotonic() + 120
+        while process.poll() is None and not _workers_training(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
         process.send_signal(signum)
         stdout, _ = process.communicate(timeout=60)
     stderr = log.read_text()
