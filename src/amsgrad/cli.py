@@ -661,7 +661,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> i
             from .experiments.realdata.models import MODELS
 
             name = MODELS[args.model].label + (f" ({args.kernel_size}x{args.kernel_size} kernels)" if args.model == "cifarnet" else "")
-            title = f"{name} on {data.label} ({len(data.train_labels):,} training images)\nbest α and β2 of each optimizer; mean ± std over seeds"
+            title = f"{name} on {data.label} ({len(data.train_labels):,} training images)\nbest α and β2 of each optimizer (by final {args.select.replace('-', ' ')}); mean ± std over seeds"
             for suffix in ("png", "pdf"):
                 plots.append(_save_plot(lambda path: plot_losses(results, [path], title=title, select=select), out / f"losses.{suffix}"))
         for row in document()["results"]:
