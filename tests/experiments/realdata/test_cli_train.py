@@ -140,7 +140,12 @@ def test_a_signal_stops_the_grid_and_saves_the_runs(tmp_path, signum, status):
             time.sleep(0.2)
         time.sleep(1.0)
         process.send_signal(signum)
-        stdout, _ = process.communicate(timeout=60)
+        try:
+            stdout, _ = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:  # it did not stop: leave nothing running
+                process.kill()
+                process.wait()
     stderr = log.read_text()
     assert process.returncode == status, stderr
     assert f"stopped by {signal.Signals(signum).name}" in stderr and "the results so far are saved" in stderr
