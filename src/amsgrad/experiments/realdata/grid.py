@@ -40,7 +40,6 @@ import os
 import time
 import uuid
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -237,7 +236,7 @@ def _client(scheduler: str | None, workers: int | None):
 
     # Send a worker one run at a time (Dask's default queues a little more), so that a worker
     # that dies takes only the run it was doing with it.
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), warnings.catch_warnings(), _workers_ignore_ctrl_c():
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), warnings.catch_warnings():
         # the scheduler's HTTP port (health checks only, no dashboard here) moves when 8787 is taken
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         cluster = LocalCluster(
@@ -251,22 +250,19 @@ def _client(scheduler: str | None, workers: int | None):
     return Client(cluster), cluster
 
 
-@contextmanager
-def _workers_ignore_ctrl_c():
-    """Start worker processes with SIGINT ignored (an ignored signal stays ignored in a new
-    process): Ctrl-C at a terminal reaches every process of its group, and the workers must go
-    on to the end of their step and return what they have when this process asks them to."""
-    import signal
-    import threading
+class IgnoreCtrlC(WorkerPlugin):
+    """Makes a local worker process ignore SIGINT: Ctrl-C at a terminal reaches every process of
+    its group, and the workers must go on to the end of their step and return what they have
+    when the command asks them to (the command alone handles Ctrl-C)."""
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    name = "amsgrad-train-ignore-ctrl-c"
+
+    def setup(self, worker) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # a worker's event loop runs there
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_grid(
@@ -342,6 +338,8 @@ def run_grid(
         if on_progress is not None:
             client.subscribe_topic(_PROGRESS_TOPIC, lambda event: on_progress(event[1]["key"], event[1]["step"], event[1]["steps"]))
         stop_event = Event(stop_name, client=client)
+        if cluster is not None:
+            client.register_plugin(IgnoreCtrlC())
         plugin = DataPlugin(data)
         client.register_plugin(plugin)
         def submit(config: TrainConfig):
