@@ -265,6 +265,19 @@ class IgnoreCtrlC(WorkerPlugin):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _register(client, plugin, attempts: int = 5) -> None:
+    """Register a worker plugin, again if a worker goes away while it is sent (one that is
+    restarting after a crash): the scheduler keeps the plugin for the workers that come back."""
+    for attempt in range(attempts):
+        try:
+            client.register_plugin(plugin)
+            return
+        except OSError:  # distributed's CommClosedError is one
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+
+
 def run_grid(
     configs: Iterable[TrainConfig],
     data,
@@ -339,9 +352,9 @@ def run_grid(
             client.subscribe_topic(_PROGRESS_TOPIC, lambda event: on_progress(event[1]["key"], event[1]["step"], event[1]["steps"]))
         stop_event = Event(stop_name, client=client)
         if cluster is not None:
-            client.register_plugin(IgnoreCtrlC())
+            _register(client, IgnoreCtrlC())
         plugin = DataPlugin(data)
-        client.register_plugin(plugin)
+        _register(client, plugin)
         def submit(config: TrainConfig):
             key = f"train-{config.key()}-{uuid.uuid4().hex[:8]}"
             return client.submit(_run_task, train_fn or train, config, fingerprint, stop_name, threads_per_run, on_progress is not None, key=key, pure=False)
