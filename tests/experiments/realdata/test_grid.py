@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import warnings
 
 import dask
 import pytest
@@ -32,7 +33,8 @@ def cluster():
 
     from distributed import Client, LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Port .* is already in use")  # another cluster on this machine
         local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
     client = Client(local)
     yield local, client
