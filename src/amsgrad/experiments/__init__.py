@@ -14,8 +14,13 @@ A map of the package:
 
 * :mod:`~amsgrad.experiments.sweep` — a grid of (β1, β2), run in parallel.
 * :mod:`~amsgrad.experiments.plotting` — the figures (matplotlib, PNG).
-* :mod:`~amsgrad.experiments.tracking` — recording runs with MLflow.
+* :mod:`~amsgrad.experiments.tracking` — recording runs with MLflow, in a separate process
+  (:mod:`~amsgrad.experiments.recorder`); :mod:`~amsgrad.experiments.mlflow_store`, the local
+  SQLite store (checked, created once, written to fast).
 * :mod:`~amsgrad.experiments.report` — tables, JSON and the files written to ``--out``.
+* :mod:`~amsgrad.experiments.cost` — a job's cost, estimated before it starts, and its limits.
+* :mod:`~amsgrad.experiments.stopping` — how long jobs stop on SIGINT/SIGTERM: a flag checked
+  between chunks of work.
 * :mod:`~amsgrad.experiments.realdata` — the paper's Section 5: real data, its three models,
   a grid search on Dask distributed (``amsgrad train``).
 
@@ -35,23 +40,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-#: Each public name and the module that defines it. They load on first use, so that the
-#: tracking process (:mod:`.recorder`) and the command line import only what they need.
-_EXPORTS = {
+# Light modules (numpy at most) load now. A public name that is also a submodule's name
+# (``simulate``) must be bound here: importing the submodule later would otherwise rebind
+# the package attribute to the module.
+from .simulate import ENGINES, Interrupted, RunResult, Trace, simulate
+from .variants import SCHEDULES, VARIANTS, Settings, Variant, variant
+
+#: Names from modules that compile with numba, loaded on first use, so that the tracking
+#: process (:mod:`.recorder`) and the command line import only what they need.
+_LAZY = {
     "SETTINGS": "problems",
     "Problem": "problems",
     "make_problem": "problems",
     "theorem1_betas": "problems",
-    "ENGINES": "simulate",
-    "Interrupted": "simulate",
-    "RunResult": "simulate",
-    "Trace": "simulate",
-    "simulate": "simulate",
-    "SCHEDULES": "variants",
-    "VARIANTS": "variants",
-    "Settings": "variants",
-    "Variant": "variants",
-    "variant": "variants",
 }
 
 __all__ = [
@@ -73,12 +74,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .problems import SETTINGS, Problem, make_problem, theorem1_betas
-    from .simulate import ENGINES, Interrupted, RunResult, Trace, simulate
-    from .variants import SCHEDULES, VARIANTS, Settings, Variant, variant
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'amsgrad.experiments' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
