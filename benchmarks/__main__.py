@@ -11,7 +11,8 @@ import importlib.util
 import sys
 
 #: Benchmarks run by default, in order; one whose module is missing is skipped.
-BENCHMARKS = ["optimizer_step", "compiled_step", "low_memory", "low_memory_training", "quantization_maps", "synthetic"]
+BENCHMARKS = ["optimizer_step", "compiled_step", "low_memory", "low_memory_training", "quantization_maps", "synthetic",
+              "train_step"]
 
 
 def _load(name: str):
