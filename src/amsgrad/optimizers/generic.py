@@ -358,10 +358,12 @@ class GenericAdaptiveOptimizer(torch.optim.Optimizer):
 
         One dict per group, ``{name: number of tensors}``, with the names of
         :mod:`amsgrad.kernels`: ``"C kernel"``, ``"torch fused"``, ``"multi-tensor"``,
-        ``"readable"`` (and ``"refused"`` for tensors that ``fused=True`` cannot run, where a
-        step raises). It counts every parameter of the group, with its current state and
-        gradient (a parameter without either is counted as its first step would run it), and
-        allocates nothing. ``compiled=True``: what a step traced by :func:`torch.compile` runs.
+        ``"compressed C kernel"`` and ``"compressed reference"`` (a ``state_precision`` other
+        than the tensor's dtype, or a bfloat16 parameter), ``"readable"`` (and ``"refused"`` for
+        tensors that ``fused=True`` cannot run, where a step raises). It counts every parameter
+        of the group, with its current state and gradient (a parameter without either, or whose
+        state is yet to be converted to the group's ``state_precision``, is counted as its first
+        step would run it), and allocates nothing. ``compiled=True``: what a step traced by :func:`torch.compile` runs.
         The optimizer's ``repr`` shows the same, per group.
 
         Example:
