@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 import amsgrad
 
 
@@ -79,6 +81,10 @@ CONFIGS = [
     OptimizerConfig("amsgrad-algorithm-2", amsgrad.AMSGrad, dict(lr=0.05, eps=0.0, bias_correction=False)),
     OptimizerConfig("amsgrad-off", amsgrad.AMSGrad, dict(lr=0.05, amsgrad=False)),
     OptimizerConfig("amsgrad-beta1-zero", amsgrad.AMSGrad, dict(lr=0.05, betas=(0.0, 0.9))),
+    # a state at least float64: float64 parameters as they are, narrower ones (float32, complex64) widened and
+    # stepped by the compressed step (kernels.compressed) on every path
+    OptimizerConfig("amsgrad-float64-state", amsgrad.AMSGrad, dict(lr=0.05, state_precision=torch.float64)),
+    OptimizerConfig("adam-l2-float64-state", amsgrad.Adam, dict(lr=0.05, weight_decay=L2, state_precision="float64")),
     # step counters on the parameters' device, bias corrections as tensor operations (kernels.tensor_steps)
     OptimizerConfig("amsgrad-capturable", amsgrad.AMSGrad, dict(lr=0.05, capturable=True)),
     OptimizerConfig("adam-capturable-torch-form-l2", amsgrad.Adam,
