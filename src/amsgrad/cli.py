@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train(commands) -> None:
     """``amsgrad train``: the paper's Section 5 on real data, a grid over (optimizer, α, β2, seed)."""
     from .experiments.realdata.data import DATASETS
-    from .experiments.realdata.models import BETA2S, MODELS
+    from .experiments.realdata.protocol import BETA2S, MODELS
     from .experiments.variants import VARIANTS
 
     train = commands.add_parser(
@@ -658,7 +658,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> i
         if any(p.completed for p in summary.grid_points(results)):
             from .experiments.realdata.plots import plot_losses
 
-            from .experiments.realdata.models import MODELS
+            from .experiments.realdata.protocol import MODELS
 
             name = MODELS[args.model].label + (f" ({args.kernel_size}x{args.kernel_size} kernels)" if args.model == "cifarnet" else "")
             title = f"{name} on {data.label} ({len(data.train_labels):,} training images)\nbest α and β2 of each optimizer (by final {args.select.replace('-', ' ')}); mean ± std over seeds"
