@@ -8,8 +8,8 @@ Measures, as medians (and minima) of repeats:
   (autograd, ``.item()`` per step), in steps per second and minutes per 10^7 steps;
 * the compilation, once, into an empty cache (``NUMBA_CACHE_DIR``), in a subprocess;
 * the whole default ``amsgrad synthetic`` (10^7 steps, Adam and AMSGrad, tracking into
-  SQLite and the plot), in a fresh folder and again with its mlflow.db there, and
-  with ``--no-track``;
+  SQLite and the plot) and the same with ``--no-track``, each in a fresh folder, side by side
+  in alternating order, with their ratio; and again with its mlflow.db there;
 * the default ``amsgrad sweep`` (32×32 grid, 10^6 steps), unless ``--quick``.
 
 The machine, thread counts and versions are printed with the numbers. No number here is a
@@ -150,17 +150,23 @@ def bench_compilation(root: Path) -> list[str]:
 
 
 def bench_command(root: Path, repeats: int) -> list[str]:
+    """The default command tracked and untracked, each in a new folder, side by side in alternating order."""
     lines = ["amsgrad synthetic (defaults: 10^7 steps, Adam and AMSGrad, plot), whole command wall time:"]
-    fresh = []
+    _run_cli(["synthetic", "--steps", "1000"], root)  # the empty MLflow store is made once per machine
+    tracked, untracked = [], []
     for i in range(repeats):
-        folder = root / f"fresh-{i}"
-        folder.mkdir()
-        fresh.append(_run_cli(["synthetic"], folder))
-    lines.append(f"  tracked, fresh folder (creates mlflow.db) {_stats(fresh)}")
-    again = [_run_cli(["synthetic"], root / "fresh-0") for _ in range(repeats)]
-    lines.append(f"  tracked, mlflow.db already there          {_stats(again)}")
-    untracked = [_run_cli(["synthetic", "--no-track"], root) for _ in range(repeats)]
-    lines.append(f"  --no-track                                {_stats(untracked)}")
+        order = (("tracked", tracked, []), ("untracked", untracked, ["--no-track"]))
+        for name, samples, extra in order if i % 2 == 0 else order[::-1]:
+            folder = root / f"{name}-{i}"
+            folder.mkdir()
+            samples.append(_run_cli(["synthetic", *extra], folder))
+    again = [_run_cli(["synthetic"], root / "tracked-0") for _ in range(repeats)]
+    ratios = [a / b for a, b in zip(tracked, untracked)]
+    lines.append(f"  tracked, fresh folder (creates mlflow.db)  {_stats(tracked)}")
+    lines.append(f"  --no-track, fresh folder                   {_stats(untracked)}")
+    lines.append(f"  tracked / untracked, pair by pair: median {statistics.median(ratios):.2f} "
+                 f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+    lines.append(f"  tracked, mlflow.db already there           {_stats(again)}")
     return lines
 
 
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(folder)
         if not args.quick:
             print("\n".join(bench_compilation(root)), flush=True)
-        print("\n".join(bench_command(root, 2 if args.quick else 3)), flush=True)
+        print("\n".join(bench_command(root, 3 if args.quick else 7)), flush=True)
         if not args.quick:
             print("\n".join(bench_sweep(root, 2)), flush=True)
     return 0

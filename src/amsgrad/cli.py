@@ -5,36 +5,80 @@
 ``--out`` and record runs with MLflow (``--no-track`` to skip). The work is done by the pure
 functions of :mod:`amsgrad.experiments`; this module only parses, reports and records.
 
+Before a job starts its cost is estimated (:mod:`amsgrad.experiments.cost`), and a job this
+machine cannot do is refused. While it runs, SIGINT (Ctrl-C), SIGTERM and SIGHUP stop it
+between chunks of work (:mod:`amsgrad.experiments.stopping`): what was computed is saved and
+reported and the runs are closed as KILLED; a second signal ends the command at once, still
+closing the runs.
+
 Exit status: 0 on success; 1 when the results are saved but could not be recorded in MLflow;
-2 for a usage error; 130 after Ctrl-C (the runs are then closed as KILLED, with what was
-computed so far saved and recorded).
+2 for a usage error (one line on stderr, nothing run) or a missing ``experiments`` extra;
+128 + the signal's number when stopped by a signal (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import math
+import os
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "missing_extras"]
 
-EXIT_OK, EXIT_TRACKING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_TRACKING, EXIT_USAGE = 0, 1, 2
+
+#: The modules of the ``experiments`` extra, and the package that provides each.
+EXPERIMENT_MODULES = {
+    "numpy": "numpy",
+    "numba": "numba",
+    "matplotlib": "matplotlib",
+    "tqdm": "tqdm",
+    "mlflow": "mlflow-skinny",
+    "sqlalchemy": "sqlalchemy",
+    "alembic": "alembic",
+}
+
+
+def missing_extras() -> list[str]:
+    """The packages of the ``experiments`` extra that cannot be imported here."""
+    missing = []
+    for module, package in EXPERIMENT_MODULES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
 
 
 # ---------------------------------------------------------------------- argument types
+#: The most steps a run may take: float64 counts steps (and sums regrets) exactly up to 2^53.
+MAX_STEPS = 2**53
+
+
 def _steps(text: str) -> int:
-    """A positive integer; ``10_000_000`` and ``1e7`` are accepted."""
+    """A positive integer up to 2^53; ``10_000_000`` and ``1e7`` are accepted."""
+    plain = text.replace("_", "").strip()
     try:
-        value = float(text.replace("_", ""))
+        value: float | int = int(plain)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+        try:
+            value = float(plain)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if not math.isfinite(value) or value != int(value) or value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    if int(value) > MAX_STEPS:
+        raise argparse.ArgumentTypeError(
+            f"must be at most 2^53 = {MAX_STEPS:,} (steps are counted in float64, exactly up to there), got {text!r}"
+        )
     return int(value)
 
 
@@ -169,15 +213,36 @@ def _problem(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error(str(error))
 
 
-def _out_dir(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> Path:
-    from .experiments.report import check_writable, default_out_dir
+def _out_dir(args: argparse.Namespace, command: str) -> Path:
+    from .experiments.report import default_out_dir
 
-    out = args.out if args.out is not None else default_out_dir(command)
+    return args.out if args.out is not None else default_out_dir(command)
+
+
+def _prepare_out(out: Path, parser: argparse.ArgumentParser) -> None:
+    from .experiments.report import check_writable
+
     try:
         check_writable(out)
     except OSError as error:
         parser.error(f"argument --out: cannot write to {str(out)!r} ({error.strerror or error})")
-    return out
+
+
+def _check_cost(cost, parser: argparse.ArgumentParser, out: Path, tracked: bool, size_argument: str,
+                record_every: int | None = None) -> None:
+    """Refuse a job this machine cannot do (one line naming the argument); say what a big one costs."""
+    from .experiments import cost as job_cost
+    from .experiments.mlflow_store import sqlite_path
+    from .experiments.tracking import tracking_uri
+
+    store = sqlite_path(tracking_uri()) if tracked else None
+    try:
+        job_cost.check(cost, out, None if store is None else store.parent, record_every=record_every,
+                       size_argument=size_argument)
+    except job_cost.JobRefused as refused:
+        parser.error(f"argument {refused.argument}: {refused}")
+    if sys.stderr.isatty():
+        print(f"{parser.prog}: {cost.describe()}", file=sys.stderr)
 
 
 class _Progress:
@@ -201,18 +266,22 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _finish_runs(tracker, handles, status: str, artifacts: Sequence[Path]) -> None:
-    for handle in handles:
-        for path in artifacts:
-            if path is not None and Path(path).exists():
-                tracker.log_artifact(handle, path)
-        tracker.finish(handle, status)
+            self.bar = None
 
 
 def _warn(prog: str, text: str) -> None:
     print(f"{prog}: warning: {text}", file=sys.stderr)
+
+
+def _save_plot(draw, path: Path) -> str | None:
+    """Draw into a scratch file beside ``path`` and rename it into place; the path, or None if nothing was drawn."""
+    scratch = path.with_name(f".{path.stem}-{os.getpid()}{path.suffix}")
+    try:
+        draw(scratch)
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return str(path)
 
 
 def _print_document(args, document, problem, heading: str, table: str, out: Path, tracker) -> None:
@@ -236,20 +305,31 @@ def _print_document(args, document, problem, heading: str, table: str, out: Path
 def _tracking_lines(tracker) -> list[str]:
     if not tracker.enabled:
         return ["runs     not recorded (--no-track)"]
-    if tracker.error is not None:
-        return ["runs     not recorded (see the warning below)"]
     runs = tracker.describe_runs()
+    if tracker.error is not None and not runs:
+        return ["runs     not recorded (see the warning below)"]
     if any(r.get("url") for r in runs):
         return [f"runs     in {tracker.uri}, experiment {tracker.experiment!r}:"] + [f"         {r['name']}: {r['url']}" for r in runs]
     names = ", ".join(f"{r['name']} {r['run_id']}" for r in runs)
     return [f"runs     {names}", f"         in {tracker.uri}, experiment {tracker.experiment!r}"]
 
 
+def _exit_status(prog: str, tracker, stop, aborted: bool, out: Path) -> int:
+    if tracker.error is not None:
+        _warn(prog, f"the runs were not recorded in MLflow ({tracker.error}); the results are saved in {out}")
+    if stop():
+        how = "at once by a second signal" if aborted else f"by {stop.signal_name}"
+        _warn(prog, f"stopped {how}; the results so far are saved in {out}")
+        return stop.exit_status
+    return EXIT_TRACKING if tracker.error is not None else EXIT_OK
+
+
 # ---------------------------------------------------------------------- amsgrad synthetic
-def _synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> int:
+    from .experiments import cost as job_cost
     from .experiments import report
     from .experiments.problems import theorem1_betas
-    from .experiments.simulate import Interrupted, simulate
+    from .experiments.stopping import Abort
     from .experiments.tracking import open_tracker
     from .experiments.variants import Settings, variant
 
@@ -257,14 +337,30 @@ def _synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     betas = tuple(args.betas) if args.betas else (theorem1_betas(problem.spike) if problem.setting == "theorem1" else (0.9, 0.99))
     settings = Settings(lr=args.lr, betas=betas, eps=args.eps, optimized_update=not args.standard_update, schedule=args.schedule)
     variants = [variant(name) for name in dict.fromkeys(args.optimizers)]
-    out = _out_dir(args, parser, "synthetic")
+    out = _out_dir(args, "synthetic")
+    cost = job_cost.synthetic_cost(args.steps, len(variants), args.record_every, args.engine, tracked=not args.no_track)
+    _check_cost(cost, parser, out, tracked=not args.no_track, size_argument="--steps", record_every=args.record_every)
+    _prepare_out(out, parser)
 
-    tracker = open_tracker(args.experiment or "synthetic", runs=len(variants), enabled=not args.no_track)
+    tracker = open_tracker(args.experiment or "synthetic", enabled=not args.no_track)
     progress = _Progress(args.steps * len(variants), unit="step")
-    results, handles = [], []
-    interrupted = False
+    trace_file = report.TraceWriter(out / "trace.csv")
+    plot_path = out / "synthetic.png"
+    results: list = []
+    plot: str | None = None
+    aborted = False
+
+    def document() -> dict:
+        return report.synthetic_json(results, plot=plot, runs=tracker.describe_runs(), out=str(out),
+                                     tracking_error=tracker.error, stopped_by=stop.signal_name, cost=cost.as_dict())
+
     try:
+        from .experiments.simulate import simulate
+
+        handles = []
         for v in variants:
+            if stop():
+                break
             handle = tracker.start_run(
                 v.label,
                 {**problem.params(), **settings.params(), "optimizer": v.name, "steps": args.steps, "engine": args.engine, "record_every": args.record_every},
@@ -273,68 +369,58 @@ def _synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             )
             handles.append(handle)
             progress.describe(v.label)
-            logged = 0
+            sample = report.TraceSample()
 
-            def on_chunk(trace, count, handle=handle):
-                nonlocal logged
+            def on_chunk(trace, count, handle=handle, name=v.name, sample=sample):
+                trace_file.write(name, trace)
+                sample.add(trace)
                 tracker.log_metrics(handle, trace.step, {"regret": trace.regret, "x": trace.x, "average_regret": trace.average_regret})
-                logged += len(trace)
                 progress.update(count)
 
-            try:
-                result = simulate(problem, v, settings, args.steps, engine=args.engine, record_every=args.record_every, on_chunk=on_chunk)
-            except Interrupted as stop:
-                result, interrupted = stop.result, True
-                tail = result.trace
-                tracker.log_metrics(handle, tail.step[logged:], {"regret": tail.regret[logged:], "x": tail.x[logged:], "average_regret": tail.average_regret[logged:]})
-            results.append(result)
-            tracker.flush(handle)
-            if interrupted:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
+            result = simulate(problem, v, settings, args.steps, engine=args.engine, record_every=args.record_every,
+                              on_chunk=on_chunk, should_stop=stop, keep_trace=False)
+            results.append(dataclasses.replace(result, trace=sample.trace()))
         progress.close()
+        trace_file.close()
 
-    # Save everything before anything else can fail: the results are never lost.
-    plot = out / "synthetic.png"
-    table = report.synthetic_table(results)
-    try:
+        # Save the results first, then the plot: each file appears whole, and a second signal
+        # keeps what is already written.
+        table = report.synthetic_table(results)
+        report.write_text(out / "results.txt", table)
+        report.write_json(out / "results.json", document())
         if results:
             from .experiments.plotting import plot_synthetic
 
-            plot_synthetic(results, plot)
-            report.write_traces(out / "trace.csv", results)
-    except KeyboardInterrupt:
-        interrupted = True
-    report.write_text(out / "results.txt", table)
-    document = report.synthetic_json(results, plot=str(plot) if plot.exists() else None, runs=[], out=str(out))
-    report.write_json(out / "results.json", document)
-    _finish_runs(tracker, handles, "KILLED" if interrupted else "FINISHED", [plot, out / "results.json"])
-    tracker.close()
-    document = report.synthetic_json(results, plot=document["plot"], runs=tracker.describe_runs(), out=str(out), tracking_error=tracker.error)
-    report.write_json(out / "results.json", document)
+            plot = _save_plot(lambda path: plot_synthetic(results, path), plot_path)
+        status = "KILLED" if stop() else "FINISHED"
+        for handle in handles:
+            if plot is not None:
+                tracker.log_artifact(handle, plot_path)
+            tracker.log_artifact(handle, out / "results.json")
+            tracker.finish(handle, status)
+        tracker.close(should_stop=stop)
+    except Abort:
+        aborted = True
+        tracker.abort()
+    finally:
+        progress.close()
+        trace_file.close()
 
+    final = document()
+    report.write_json(out / "results.json", final)
     heading = f"{settings.describe()}, {args.steps:,} steps, {args.engine} engine"
-    _print_document(args, document, problem, heading, table, out, tracker)
-    return _exit_status(parser.prog, tracker, interrupted, out)
-
-
-def _exit_status(prog: str, tracker, interrupted: bool, out: Path) -> int:
-    if tracker.error is not None:
-        _warn(prog, f"the runs were not recorded in MLflow ({tracker.error}); the results are saved in {out}")
-    if interrupted:
-        _warn(prog, f"interrupted; the results so far are saved in {out}")
-        return EXIT_INTERRUPTED
-    return EXIT_TRACKING if tracker.error is not None else EXIT_OK
+    _print_document(args, final, problem, heading, report.synthetic_table(results), out, tracker)
+    return _exit_status(parser.prog, tracker, stop, aborted, out)
 
 
 # ---------------------------------------------------------------------- amsgrad sweep
-def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> int:
     import numpy as np
 
+    from .experiments import cost as job_cost
     from .experiments import report
-    from .experiments.sweep import SweepInterrupted, default_beta1s, default_beta2s, sweep
+    from .experiments.stopping import Abort
+    from .experiments.sweep import SweepResult, default_beta1s, default_beta2s, sweep
     from .experiments.tracking import open_tracker
     from .experiments.variants import Settings, variant
 
@@ -347,80 +433,122 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     problem = _problem(args, parser)
     settings = Settings(lr=args.lr, eps=args.eps, optimized_update=not args.standard_update, schedule=args.schedule)
     variants = [variant(name) for name in dict.fromkeys(args.optimizers)]
+    out = _out_dir(args, "sweep")
+    cost = job_cost.sweep_cost(args.steps, rows * columns, len(variants), tracked=not args.no_track)
+    _check_cost(cost, parser, out, tracked=not args.no_track, size_argument="--grid")
+    _prepare_out(out, parser)
     beta1s = default_beta1s(rows, *args.beta1_range)
     beta2s = default_beta2s(columns, *args.beta2_range)
-    out = _out_dir(args, parser, "sweep")
     metric = args.metric.replace("-", "_")
 
-    tracker = open_tracker(args.experiment or "sweep", runs=1, enabled=not args.no_track)
+    tracker = open_tracker(args.experiment or "sweep", enabled=not args.no_track)
     label = " vs ".join(v.label for v in variants)
-    handle = tracker.start_run(
-        label,
-        {**problem.params(), **{k: v for k, v in settings.params().items() if k not in ("beta1", "beta2")}, "optimizers": ",".join(v.name for v in variants), "steps": args.steps, "grid": f"{rows}x{columns}", "beta1_range": f"{args.beta1_range[0]:g}-{args.beta1_range[1]:g}", "beta2_range": f"{args.beta2_range[0]:g}-{args.beta2_range[1]:g}"},
-        description=f"{label} over a {rows}x{columns} grid of (beta1, beta2) on {problem.description}; {settings.describe(betas=False)}; {args.steps:,} steps",
-    )
     progress = _Progress(rows * columns * len(variants), unit="run")
-    interrupted = False
+    plot_path = out / "sweep.png"
+    result = SweepResult(problem, settings, args.steps, beta1s, beta2s, variants)
+    plot: str | None = None
+    aborted = False
+
+    def document() -> dict:
+        return report.sweep_json(result, plot=plot, runs=tracker.describe_runs(), out=str(out),
+                                 tracking_error=tracker.error, stopped_by=stop.signal_name, cost=cost.as_dict())
+
     try:
-        result = sweep(problem, variants, settings, args.steps, beta1s, beta2s, on_progress=progress.update)
-    except SweepInterrupted as stop:
-        result, interrupted = stop.result, True
+        handle = None
+        if not stop():
+            handle = tracker.start_run(
+                label,
+                {**problem.params(), **{k: v for k, v in settings.params().items() if k not in ("beta1", "beta2")}, "optimizers": ",".join(v.name for v in variants), "steps": args.steps, "grid": f"{rows}x{columns}", "beta1_range": f"{args.beta1_range[0]:g}-{args.beta1_range[1]:g}", "beta2_range": f"{args.beta2_range[0]:g}-{args.beta2_range[1]:g}"},
+                description=f"{label} over a {rows}x{columns} grid of (beta1, beta2) on {problem.description}; {settings.describe(betas=False)}; {args.steps:,} steps",
+            )
+            result = sweep(problem, variants, settings, args.steps, beta1s, beta2s, on_progress=progress.update, should_stop=stop)
+        progress.close()
+
+        table = report.sweep_table(result)
+        report.write_text(out / "results.txt", table)
+        report.write_json(out / "results.json", document())
+        if result.final_x:
+            from .experiments.plotting import plot_sweep
+
+            plot = _save_plot(lambda path: plot_sweep(result, path, metric), plot_path)
+        for s in result.summary():
+            cells = max(s["cells"], 1)
+            values = {"near_optimum_fraction": s["near_optimum"] / cells, "at_plus_one_fraction": s["at_plus_one"] / cells, "median_final_x": s["median_final_x"], "median_average_regret": s["median_average_regret"], "seconds": s["seconds"]}
+            tracker.log_metrics(handle, np.array([0]), {f"{s['optimizer']}.{k}": np.array([v]) for k, v in values.items()})
+        if plot is not None:
+            tracker.log_artifact(handle, plot_path)
+        tracker.log_artifact(handle, out / "results.json")
+        tracker.finish(handle, "KILLED" if stop() else "FINISHED")
+        tracker.close(should_stop=stop)
+    except Abort:
+        aborted = True
+        tracker.abort()
     finally:
         progress.close()
 
-    plot = out / "sweep.png"
-    try:
-        from .experiments.plotting import plot_sweep
-
-        plot_sweep(result, plot, metric)
-    except KeyboardInterrupt:
-        interrupted = True
-    table = report.sweep_table(result)
-    report.write_text(out / "results.txt", table)
-    document = report.sweep_json(result, plot=str(plot) if plot.exists() else None, runs=[], out=str(out))
-    report.write_json(out / "results.json", document)
-    if handle is not None:
-        for s in result.summary():
-            cells = s["cells"]
-            values = {"near_optimum_fraction": s["near_optimum"] / cells, "at_plus_one_fraction": s["at_plus_one"] / cells, "median_final_x": s["median_final_x"], "median_average_regret": s["median_average_regret"], "seconds": s["seconds"]}
-            tracker.log_metrics(handle, np.array([0]), {f"{s['optimizer']}.{k}": np.array([v]) for k, v in values.items()})
-    _finish_runs(tracker, [handle], "KILLED" if interrupted else "FINISHED", [plot, out / "results.json"])
-    tracker.close()
-    document = report.sweep_json(result, plot=document["plot"], runs=tracker.describe_runs(), out=str(out), tracking_error=tracker.error)
-    report.write_json(out / "results.json", document)
-
+    final = document()
+    report.write_json(out / "results.json", final)
     heading = (
         f"{settings.describe(betas=False)}, {args.steps:,} steps, "
         f"beta1 {beta1s[0]:g}..{beta1s[-1]:g} x beta2 {beta2s[0]:g}..{beta2s[-1]:g} ({rows}x{columns})"
     )
-    _print_document(args, document, problem, heading, table, out, tracker)
-    return _exit_status(parser.prog, tracker, interrupted, out)
+    _print_document(args, final, problem, heading, report.sweep_table(result), out, tracker)
+    return _exit_status(parser.prog, tracker, stop, aborted, out)
 
 
 # ---------------------------------------------------------------------- entry point
-def _stop_on_sigterm() -> None:
-    """Treat SIGTERM (``kill``, a CI timeout) like Ctrl-C, so the runs are closed as KILLED."""
+_TRACKED_COMMANDS = ("synthetic", "sweep")
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
 
+def _may_track(argv: list[str]) -> bool:
+    return bool(argv) and argv[0] in _TRACKED_COMMANDS and not {"--no-track", "-h", "--help"} & set(argv)
+
+
+def main(argv: Sequence[str] | None = None, *, prepare_tracking: bool | None = None) -> int:
+    """Run the ``amsgrad`` command; return its exit status.
+
+    ``prepare_tracking`` starts the recording process before the arguments are even parsed, so
+    that importing MLflow overlaps with the command's own start (default: when run as the
+    ``amsgrad`` script, ``argv`` None).
+    """
+    if prepare_tracking is None:
+        prepare_tracking = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    missing = missing_extras()
+    if missing:
+        if argv == ["--version"]:
+            print(f"amsgrad {_version()}")
+            return EXIT_OK
+        print(
+            f"amsgrad: error: the command needs the 'experiments' extra, which is not installed here "
+            f"(missing: {', '.join(missing)}); install it with: pip install 'amsgrad[experiments]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from .experiments import tracking
+
+    if prepare_tracking and _may_track(argv):
+        tracking.prepare_recorder()
     try:
-        signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
+        return _run(argv)
+    finally:
+        tracking.discard_recorder()  # not adopted: a usage error, say
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``amsgrad`` command; return its exit status."""
+def _run(argv: list[str]) -> int:
+    from .experiments.stopping import Abort, StopOnSignal, stderr_note
+
     parser = build_parser()
     args = parser.parse_args(argv)
     command_parser = args.command_parser
-    _stop_on_sigterm()
-    try:
-        return args.handler(args, command_parser)
-    except KeyboardInterrupt:
-        print(f"{command_parser.prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with StopOnSignal(on_first=stderr_note(command_parser.prog)) as stop:
+        try:
+            return args.handler(args, command_parser, stop)
+        except Abort:  # a second signal outside the commands' own handling: nothing left to close
+            return stop.exit_status
+        except KeyboardInterrupt:  # signals are flags here; this is a Ctrl-C our handler did not see
+            print(f"{command_parser.prog}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -32,28 +34,27 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
-    """A tracking server on a free loopback port, its store and artifacts under tmp_path."""
+@contextmanager
+def mlflow_server_at(home: Path, backend: str, artifacts: Path) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port, started in ``home``; yields its URL."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    home = tmp_path / "server"
-    home.mkdir()
-    log = (home / "server.log").open("w")
+    log_path = home / f"server-{port}.log"
+    log = log_path.open("w")
     command = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{home / 'store.db'}",
-        "--artifacts-destination", str(home / "artifacts"),
+        "--backend-store-uri", backend,
+        "--artifacts-destination", str(artifacts),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    # Job execution needs the huey package and is not what this test is about.
+    # Job execution needs the huey package and is not what these tests are about.
     env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     server = subprocess.Popen(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not _healthy(url):
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+                pytest.fail(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.25)
         yield url
     finally:
@@ -65,6 +66,15 @@ def mlflow_server(tmp_path: Path):
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
         log.close()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """A tracking server on a free loopback port, its store and artifacts under tmp_path."""
+    home = tmp_path / "server"
+    home.mkdir()
+    with mlflow_server_at(home, f"sqlite:///{home / 'store.db'}", home / "artifacts") as url:
+        yield url
 
 
 def test_runs_go_to_the_server_named_by_mlflow_tracking_uri(mlflow_server, run_cli, tmp_path):

@@ -12,10 +12,20 @@ A map of the package:
   - :mod:`~amsgrad.experiments.fast_engine`, the update rules compiled with numba;
   - :mod:`~amsgrad.experiments.torch_engine`, the library's optimizer classes themselves.
 
-* :mod:`~amsgrad.experiments.sweep` — a grid of (β1, β2), run in parallel.
+  Both keep, besides the sampled trace, every step summarised in log-spaced bins
+  (:mod:`~amsgrad.experiments.envelope`), which the plots draw.
+
+* :mod:`~amsgrad.experiments.sweep` — a grid of (β1, β2), run by
+  :mod:`~amsgrad.experiments.grid_engine`: every cell at once, vectorised across cells and
+  spread over the cores, bit for bit the fast engine's numbers.
 * :mod:`~amsgrad.experiments.plotting` — the figures (matplotlib, PNG).
-* :mod:`~amsgrad.experiments.tracking` — recording runs with MLflow.
+* :mod:`~amsgrad.experiments.tracking` — recording runs with MLflow, in a separate process
+  (:mod:`~amsgrad.experiments.recorder`); :mod:`~amsgrad.experiments.mlflow_store`, the local
+  SQLite store (checked, created once, written to fast).
 * :mod:`~amsgrad.experiments.report` — tables, JSON and the files written to ``--out``.
+* :mod:`~amsgrad.experiments.cost` — a job's cost, estimated before it starts, and its limits.
+* :mod:`~amsgrad.experiments.stopping` — how long jobs stop on SIGINT/SIGTERM: a flag checked
+  between chunks of work.
 
 The command line (``amsgrad synthetic``, ``amsgrad sweep``) is a thin layer over these, in
 :mod:`amsgrad.cli`.
@@ -28,9 +38,31 @@ The command line (``amsgrad synthetic``, ``amsgrad sweep``) is a thin layer over
 (1.0, True)
 """
 
-from .problems import SETTINGS, Problem, make_problem, theorem1_betas
-from .simulate import ENGINES, Interrupted, RunResult, Trace, simulate
-from .variants import SCHEDULES, VARIANTS, Settings, Variant, variant
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+#: Each public name and the module that defines it. They load on first use, so that the
+#: tracking process (:mod:`.recorder`) and the command line import only what they need.
+_EXPORTS = {
+    "SETTINGS": "problems",
+    "Problem": "problems",
+    "make_problem": "problems",
+    "theorem1_betas": "problems",
+    "ENGINES": "simulate",
+    "Interrupted": "simulate",
+    "RunResult": "simulate",
+    "Trace": "simulate",
+    "simulate": "simulate",
+    "SCHEDULES": "variants",
+    "VARIANTS": "variants",
+    "Settings": "variants",
+    "Variant": "variants",
+    "variant": "variants",
+}
 
 __all__ = [
     "ENGINES",
@@ -48,3 +80,39 @@ __all__ = [
     "theorem1_betas",
     "variant",
 ]
+
+if TYPE_CHECKING:
+    from .problems import SETTINGS, Problem, make_problem, theorem1_betas
+    from .simulate import ENGINES, Interrupted, RunResult, Trace, simulate
+    from .variants import SCHEDULES, VARIANTS, Settings, Variant, variant
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'amsgrad.experiments' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """The package, whose ``simulate`` is the function even after its module is imported.
+
+    Importing a submodule binds it as an attribute of its package (after the submodule has
+    run), which would hide the function :func:`simulate` behind the module ``simulate`` for
+    whoever imported the module first (``from amsgrad.experiments.simulate import Trace``)
+    and the function afterwards. The module stays in ``sys.modules``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

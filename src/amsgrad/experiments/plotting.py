@@ -70,18 +70,21 @@ def plot_sweep(result: SweepResult, path: str | Path, metric: str = "final_x") -
         raise ValueError(f"metric must be 'final_x' or 'average_regret', got {metric!r}")
     path = Path(path)
     values = getattr(result, metric)
-    figure = _figure(5.2 * len(result.variants) + 1, 4.6)
-    axes = np.atleast_1d(figure.subplots(1, len(result.variants), sharey=True))
+    variants = [v for v in result.variants if v.name in values]  # a stopped sweep may not have started all
+    if not variants:
+        raise ValueError("nothing to plot: no optimizer was run")
+    figure = _figure(5.2 * len(variants) + 1, 4.6)
+    axes = np.atleast_1d(figure.subplots(1, len(variants), sharey=True))
     one_minus_beta2 = 1.0 - result.beta2s
     if metric == "final_x":
         norm = dict(vmin=-1.0, vmax=1.0, cmap="coolwarm")
         label = "final $x_T$"
     else:
-        every = np.concatenate([values[v.name].ravel() for v in result.variants])
+        every = np.concatenate([values[v.name].ravel() for v in variants])
         norm = dict(vmin=float(np.nanmin(every)), vmax=float(np.nanmax(every)), cmap="viridis")
         label = "$R(T)/T$"
     mesh = None
-    for ax, v in zip(axes, result.variants):
+    for ax, v in zip(axes, variants):
         mesh = ax.pcolormesh(one_minus_beta2, result.beta1s, values[v.name], shading="nearest", **norm)
         # β1 = √β2: the edge of the region where Adam's original proof applies
         curve_beta2 = 1.0 - np.logspace(np.log10(one_minus_beta2.max()), np.log10(one_minus_beta2.min()), 200)

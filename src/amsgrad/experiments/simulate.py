@@ -4,8 +4,11 @@
 iterate, the average regret R(T)/T, the time taken and the :class:`Trace` recorded every
 ``record_every`` steps (the step's regret, x_t and R(t)/t, as the reference records them).
 A callback sees every chunk as it is produced, which is how the command line draws its
-progress bar and streams metrics to MLflow. Ctrl-C raises :class:`Interrupted`, which carries
-the result so far.
+progress bar, streams the trace to disk and sends metrics to MLflow. A ``should_stop``
+callable, checked between chunks (milliseconds apart with the fast engine, ~0.1 s with the
+torch engine), ends the run early with the steps done so far (``completed`` is then False):
+that is how the command line stops on Ctrl-C or SIGTERM (:mod:`.stopping`). A plain Ctrl-C
+(``KeyboardInterrupt``) raises :class:`Interrupted`, which carries the result so far.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from .envelope import Envelope
 from .problems import Problem
+from .stopping import native_section
 from .variants import Settings, Variant
 
 __all__ = ["ENGINES", "Trace", "RunResult", "Interrupted", "simulate", "make_run"]
@@ -157,6 +161,8 @@ def simulate(
     record_every: int = 1000,
     chunk_steps: int | None = None,
     on_chunk: Callable[[Trace, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    keep_trace: bool = True,
 ) -> RunResult:
     """Run ``variant`` for ``steps`` steps of ``problem``; return the result.
 
@@ -167,6 +173,9 @@ def simulate(
         record_every: record every this many steps (the reference: 1,000); 0 records nothing.
         chunk_steps: steps per chunk (default: per engine).
         on_chunk: called after every chunk with the chunk's trace and the chunk's step count.
+        should_stop: checked before every chunk; when it returns True the run ends there.
+        keep_trace: keep the recorded points in the result (False: only ``on_chunk`` sees them,
+            so that memory stays bounded however many points a long run records).
 
     Raises:
         Interrupted: on Ctrl-C, with the result of the steps done.
@@ -203,13 +212,23 @@ def simulate(
         )
 
     try:
-        while run.t < steps:
+        while run.t < steps and not (should_stop is not None and should_stop()):
             count = min(chunk, steps - run.t)
-            part = run.advance(count, record_every)
-            parts.append(part)
-            if on_chunk is not None:
-                on_chunk(part, count)
+            part = None
+            try:
+                with native_section():  # compiled code: a signal's exception waits for the chunk's end
+                    part = run.advance(count, record_every)
+            finally:  # a chunk that was computed is accounted for, whatever is raised at its end
+                if part is not None:
+                    if keep_trace:
+                        parts.append(part)
+                    if on_chunk is not None:
+                        on_chunk(part, count)
     except KeyboardInterrupt:
-        parts.append(run.flush())  # what an interrupted chunk recorded
+        part = run.flush()  # what an interrupted chunk recorded
+        if keep_trace:
+            parts.append(part)
+        if on_chunk is not None:
+            on_chunk(part, 0)
         raise Interrupted(result()) from None
     return result()

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .problems import Problem
+from .stopping import native_section
 from .variants import Settings, Variant
 
 __all__ = ["SweepResult", "SweepInterrupted", "default_beta1s", "default_beta2s", "sweep"]
@@ -50,7 +51,9 @@ class SweepResult:
     ``(beta1s[i], beta2s[j])``, after ``steps_done[name]`` steps (fewer than ``steps`` for a
     variant that was interrupted; a variant that never started is absent);
     ``seconds[name]`` is the variant's wall time and ``cell_steps[name]`` the cell-steps it
-    computed (a variant that ignores β2, AdamNC, computes one column and repeats it).
+    computed (a variant that ignores β2, AdamNC, computes one column and repeats it);
+    ``cells_done[name]`` is the number of cells the variant ran (all of them, once started:
+    the cells advance together).
     """
 
     problem: Problem
@@ -64,6 +67,8 @@ class SweepResult:
     seconds: dict[str, float] = field(default_factory=dict)
     steps_done: dict[str, int] = field(default_factory=dict)
     cell_steps: dict[str, int] = field(default_factory=dict)
+
+    cells_done: dict[str, int] = field(default_factory=dict)
 
     @property
     def completed(self) -> bool:
@@ -84,20 +89,21 @@ class SweepResult:
         rows = []
         for v in self.variants:
             if v.name not in self.final_x:
-                continue
+                continue  # not started
             x = self.final_x[v.name]
             seconds = self.seconds.get(v.name, 0.0)
             cell_steps = self.cell_steps.get(v.name, 0)
+            done = self.cells_done.get(v.name, 0)
             rows.append(
                 {
                     "optimizer": v.name,
                     "label": v.label,
-                    "cells": int(x.size),
+                    "cells": done,
                     "near_optimum": int((x < -0.5).sum()),
                     "at_plus_one": int((x > 0.99).sum()),
                     "at_plus_one_below_curve": int(((x > 0.99) & self.below_curve).sum()),
-                    "median_final_x": float(np.median(x)),
-                    "median_average_regret": float(np.median(self.average_regret[v.name])),
+                    "median_final_x": _median(x.ravel()),
+                    "median_average_regret": _median(self.average_regret[v.name].ravel()),
                     "seconds": round(seconds, 6),
                     "steps_done": self.steps_done.get(v.name, 0),
                     "cell_steps_per_second": cell_steps / seconds if seconds > 0 else None,
@@ -106,8 +112,12 @@ class SweepResult:
         return rows
 
 
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if values.size else float("nan")
+
+
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`sweep`; ``result`` holds the cells done (the others are NaN)."""
+    """Ctrl-C during :func:`sweep`; ``result`` holds every cell at the steps done."""
 
     def __init__(self, result: SweepResult):
         super().__init__("sweep interrupted")
@@ -123,16 +133,19 @@ def sweep(
     beta2s: np.ndarray,
     *,
     on_progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     chunk_steps: int | None = None,
 ) -> SweepResult:
     """Run every variant at every (β1, β2) for ``steps`` steps (``settings.betas`` is ignored).
 
     Each variant's grid runs in time chunks of ``chunk_steps`` steps (default
-    :func:`~amsgrad.experiments.grid_engine.chunk_steps_for` the grid: ~0.1 s of work);
-    ``on_progress`` is called after each chunk with the number of grid cells' worth of work
-    it did (so that the calls add up to ``len(variants) * beta1s.size * beta2s.size``).
-    Ctrl-C raises :class:`SweepInterrupted`, with every cell of the running variant at the
-    steps done.
+    :func:`~amsgrad.experiments.grid_engine.chunk_steps_for` the grid: ~0.1 s of work), every
+    cell advancing together. ``on_progress`` is called after each chunk with the number of
+    grid cells' worth of work it did (the calls add up to ``len(variants) * beta1s.size *
+    beta2s.size``). ``should_stop`` is checked before every chunk: when it returns True the
+    sweep ends there, every cell of the running variant at the steps done (``steps_done``;
+    ``completed`` is False) and the variants not started absent. Ctrl-C raises
+    :class:`SweepInterrupted`, with the same partial result.
 
     >>> from amsgrad.experiments import make_problem, variant, Settings
     >>> r = sweep(make_problem("online"), [variant("adam"), variant("amsgrad")], Settings(),
@@ -165,12 +178,22 @@ def sweep(
                 result.average_regret[v.name] = run.average_regret
                 result.steps_done[v.name] = run.t
                 result.cell_steps[v.name] = run.t * run.cells
+                result.cells_done[v.name] = grid_cells
                 result.seconds[v.name] = time.perf_counter() - start
 
-            record()
             while run.t < steps:
-                run.advance(min(chunk, steps - run.t))
-                record()
+                if should_stop is not None and should_stop():
+                    if run.t:
+                        record()
+                    return result
+                advanced = False
+                try:
+                    with native_section():  # a signal's exception waits for the chunk's end
+                        run.advance(min(chunk, steps - run.t))
+                        advanced = True
+                finally:  # a chunk that was computed is kept, whatever is raised at its end
+                    if advanced or run.t:
+                        record()
                 if on_progress is not None:
                     done = grid_cells * run.t // steps
                     on_progress(done - reported)
