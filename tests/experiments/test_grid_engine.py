@@ -196,6 +196,9 @@ def test_the_compiled_envelope_equals_the_readable_one(name):
         np.testing.assert_array_equal(getattr(fast, key), getattr(readable, key), err_msg=key)
     for key in ("x_mean", "average_mean", "regret_mean"):
         np.testing.assert_allclose(getattr(fast, key), getattr(readable, key), rtol=1e-12, atol=1e-15, err_msg=key)
+    for key in ("x_std", "average_std"):  # √(E[v²] - E[v]²): a rounding of 1e-16 in the variance is 1e-8 here
+        np.testing.assert_allclose(getattr(fast, key), getattr(readable, key), rtol=1e-9, atol=1e-6, err_msg=key)
+    assert (fast.x_std[fast.first == fast.last] == 0).all()
 
 
 def test_the_envelope_does_not_depend_on_the_chunks_and_stays_small():

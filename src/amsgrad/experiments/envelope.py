@@ -4,9 +4,10 @@ A trace sampled every 1,000th step aliases on the paper's online problem: its pe
 the sampling interval beat, so the samples of :math:`x_t` fall on one phase of the oscillation
 and draw a smooth line that the iterate never follows. The engines therefore summarise *every*
 step while they run, into bins whose width grows with t (:data:`BINS_PER_DECADE` per decade,
-one step wide below t ≈ 20): for each bin, the minimum, maximum and mean of :math:`x_t`, of
-:math:`R(t)/t` and of the step's regret. A plot then draws the mean as a line and the range as
-a band, and a run of 10^7 steps needs about 350 bins, whatever the length of the run.
+one step wide below t ≈ 25): for each bin, the minimum, maximum and mean of :math:`x_t`, of
+:math:`R(t)/t` and of the step's regret, and the standard deviation of the first two. A plot
+then draws the mean as a line and the range (or, for a random walk, mean ± standard deviation)
+as a band; a run of 10^7 steps has 361 bins.
 
 :func:`bin_edges` fixes the bins once for all runs, so that runs of any length, advanced in
 chunks of any size, by either engine, have the same bins. :class:`EnvelopeBuilder` is the
@@ -20,7 +21,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-__all__ = ["BINS_PER_DECADE", "bin_edges", "Envelope", "EnvelopeBuilder"]
+__all__ = ["BINS_PER_DECADE", "STATISTICS", "bin_edges", "spread", "Envelope", "EnvelopeBuilder"]
 
 #: Bins per factor of 10 in t.
 BINS_PER_DECADE = 60
@@ -43,7 +44,8 @@ def bin_edges() -> np.ndarray:
 
 
 #: The names of the per-bin statistics, in the order the compiled engine stores them.
-STATISTICS = ("x_min", "x_max", "x_mean", "average_min", "average_max", "average_mean", "regret_min", "regret_max", "regret_mean")
+STATISTICS = ("x_min", "x_max", "x_mean", "x_std", "average_min", "average_max", "average_mean", "average_std",
+              "regret_min", "regret_max", "regret_mean")
 
 
 @dataclass
@@ -53,8 +55,9 @@ class Envelope:
     Attributes:
         first, last: the first and last step of the bin that the run reached (``last`` is
             below the bin's end for the bin a run stopped in).
-        x_min, x_max, x_mean: of :math:`x_t` over the bin's steps.
-        average_min, average_max, average_mean: of :math:`R(t)/t`.
+        x_min, x_max, x_mean, x_std: of :math:`x_t` over the bin's steps (``std`` the
+            population standard deviation).
+        average_min, average_max, average_mean, average_std: of :math:`R(t)/t`.
         regret_min, regret_max, regret_mean: of the step's regret :math:`f_t(x_t) - f_t(x^*)`.
     """
 
@@ -63,9 +66,11 @@ class Envelope:
     x_min: np.ndarray
     x_max: np.ndarray
     x_mean: np.ndarray
+    x_std: np.ndarray
     average_min: np.ndarray
     average_max: np.ndarray
     average_mean: np.ndarray
+    average_std: np.ndarray
     regret_min: np.ndarray
     regret_max: np.ndarray
     regret_mean: np.ndarray
@@ -101,6 +106,15 @@ class Envelope:
         return cls(*(np.asarray(data[f.name], dtype=np.int64 if f.name in ("first", "last") else np.float64) for f in fields(cls)))
 
 
+def spread(sum_of_squares: float, mean: float, count: int) -> float:
+    """The population standard deviation from Σ v², the mean and the count (0 where rounding makes the variance negative).
+
+    >>> spread(2.0 * 2.0 + 4.0 * 4.0, 3.0, 2)
+    1.0
+    """
+    return float(np.sqrt(max(sum_of_squares / count - mean * mean, 0.0)))
+
+
 class EnvelopeBuilder:
     """Accumulates an :class:`Envelope` from per-step values, fed in order, in chunks of any size.
 
@@ -124,11 +138,11 @@ class EnvelopeBuilder:
         steps = np.arange(first, first + n, dtype=np.int64)
         bins = np.searchsorted(self.edges, steps, side="right") - 1
         starts = np.concatenate([[0], np.nonzero(np.diff(bins))[0] + 1])
-        values = np.stack([x, average, regret])  # (3, n)
+        values = np.stack([x, average, regret, x * x, average * average])  # (5, n): the squares for the spread
         counts = np.diff(np.append(starts, n))
         sums = np.add.reduceat(values, starts, axis=1)
-        minima = np.minimum.reduceat(values, starts, axis=1)
-        maxima = np.maximum.reduceat(values, starts, axis=1)
+        minima = np.minimum.reduceat(values[:3], starts, axis=1)
+        maxima = np.maximum.reduceat(values[:3], starts, axis=1)
         lasts = np.append(steps[starts[1:] - 1], steps[-1])
         groups = [(int(bins[s]), int(steps[s]), int(last), int(c), sums[:, i], minima[:, i], maxima[:, i]) for i, (s, last, c) in enumerate(zip(starts, lasts, counts))]
         if self._open is not None and self._open[0] == groups[0][0]:
@@ -145,7 +159,10 @@ class EnvelopeBuilder:
     def _as_envelope(groups: list[tuple]) -> Envelope:
         rows = np.empty((len(groups), len(STATISTICS)))
         for i, (_, _, _, count, sums, minima, maxima) in enumerate(groups):
-            rows[i] = [minima[0], maxima[0], sums[0] / count, minima[1], maxima[1], sums[1] / count, minima[2], maxima[2], sums[2] / count]
+            x_mean, average_mean = sums[0] / count, sums[1] / count
+            rows[i] = [minima[0], maxima[0], x_mean, spread(sums[3], x_mean, count),
+                       minima[1], maxima[1], average_mean, spread(sums[4], average_mean, count),
+                       minima[2], maxima[2], sums[2] / count]  # fmt: skip
         return Envelope.from_rows([g[1] for g in groups], [g[2] for g in groups], rows)
 
     def envelope(self) -> Envelope:

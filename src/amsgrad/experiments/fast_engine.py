@@ -156,8 +156,27 @@ def _step_numerator(step_lr, correction2, max_code, optimized_update):
 # Layout of the state vector the kernel carries between chunks.
 _X, _M, _V, _VMAX, _REGRET_SUM, _T, _DECAY_POWER, _BIN, _BIN_FIRST, _BIN_COUNT = range(10)
 _STATE_SIZE = 10
-# The running per-bin statistics: (min, max, sum) of x, of R(t)/t, of the step's regret.
-_ACCUMULATORS = 9
+# The running per-bin statistics: (min, max, sum) of x, of R(t)/t, of the step's regret; the
+# sums of the squares of x and of R(t)/t.
+_ACCUMULATORS = 11
+
+
+@njit(inline="always")
+def _bin_statistics(sums, count, out):
+    """A bin's row of :data:`~amsgrad.experiments.envelope.STATISTICS` from its running sums."""
+    x_mean = sums[2] / count
+    average_mean = sums[5] / count
+    out[0] = sums[0]
+    out[1] = sums[1]
+    out[2] = x_mean
+    out[3] = math.sqrt(max(sums[9] / count - x_mean * x_mean, 0.0))
+    out[4] = sums[3]
+    out[5] = sums[4]
+    out[6] = average_mean
+    out[7] = math.sqrt(max(sums[10] / count - average_mean * average_mean, 0.0))
+    out[8] = sums[6]
+    out[9] = sums[7]
+    out[10] = sums[8] / count
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -237,10 +256,7 @@ def _advance(
             if bin_index >= 0:
                 bin_first[closed] = current_first
                 bin_last[closed] = t - 1
-                for k in range(3):
-                    bin_statistics[closed, 3 * k] = sums[3 * k]
-                    bin_statistics[closed, 3 * k + 1] = sums[3 * k + 1]
-                    bin_statistics[closed, 3 * k + 2] = sums[3 * k + 2] / bin_count
+                _bin_statistics(sums, bin_count, bin_statistics[closed])
                 closed += 1
             bin_index += 1
             next_edge = edges[bin_index + 1]
@@ -250,6 +266,8 @@ def _advance(
                 sums[3 * k] = np.inf
                 sums[3 * k + 1] = -np.inf
                 sums[3 * k + 2] = 0.0
+            sums[9] = 0.0
+            sums[10] = 0.0
         bin_count += 1
         sums[0] = min(sums[0], x)
         sums[1] = max(sums[1], x)
@@ -260,6 +278,8 @@ def _advance(
         sums[6] = min(sums[6], regret)
         sums[7] = max(sums[7], regret)
         sums[8] += regret
+        sums[9] += x * x
+        sums[10] += average * average
 
         step_lr, decay_power, decay_product, beta2_t = _step_constants(t, lr, inv_sqrt, decay, previous_power, beta2, beta2_code)
         if not settled1:
@@ -287,6 +307,11 @@ def _advance(
     state[_BIN_FIRST] = current_first
     state[_BIN_COUNT] = bin_count
     return recorded, closed
+
+
+@njit(cache=True)
+def _open_bin(sums, count, out):
+    _bin_statistics(sums, count, out)
 
 
 def kernel_settings(variant: Variant, settings: Settings) -> tuple:
@@ -386,8 +411,8 @@ class FastRun:
         parts = list(self._bins)
         count = int(self._state[_BIN_COUNT])
         if count:
-            s = self._sums
-            row = np.array([[s[0], s[1], s[2] / count, s[3], s[4], s[5] / count, s[6], s[7], s[8] / count]])
+            row = np.empty((1, len(STATISTICS)))
+            _open_bin(self._sums, count, row[0])
             parts.append(Envelope.from_rows([int(self._state[_BIN_FIRST])], [self.t], row))
         return Envelope.concatenate(parts)
 
