@@ -142,14 +142,25 @@ def test_a_second_signal_stops_a_sweep_at_once(tmp_path):
     process = _start(tmp_path, "sweep", "--grid", "128", "--steps", "1e7")
     _wait_for(process, lambda: bool(_runs(tmp_path)))
     time.sleep(2.0)
-    # A signal that arrives during a compiled chunk is handled when the chunk ends, and signals
-    # pending together are handled in the order of their numbers: give the first time to land.
-    stdout, stderr = _stop(process, signal.SIGTERM, signal.SIGINT, gap=1.0)
+    output: dict[str, str] = {}
+    reader = threading.Thread(target=lambda: output.update(zip(("stdout", "stderr"), process.communicate())))
+    reader.start()
+    process.send_signal(signal.SIGTERM)
+    # A signal that arrives during a compiled chunk is handled when the chunk ends: the second one
+    # goes once the command is saving (results.json appears first), so that it is the second.
+    deadline = time.monotonic() + DEADLINE
+    while not (tmp_path / "out" / "results.json").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "the command did not start saving"
+        time.sleep(0.01)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    reader.join(timeout=DEADLINE)
+    assert not reader.is_alive(), "the command did not end"
 
-    assert process.returncode == 143, stderr  # the first signal decides the status
-    assert "Traceback" not in stderr
+    assert process.returncode == 143, output["stderr"]  # the first signal decides the status
+    assert "Traceback" not in output["stderr"]
     assert [status for _, _, status in _runs(tmp_path)] == ["KILLED"]
-    assert json.loads(stdout)["completed"] is False
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["completed"] is False
 
 
 def test_ctrl_c_in_a_library_sweep_raises_with_the_steps_done(tmp_path):

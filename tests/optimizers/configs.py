@@ -22,6 +22,14 @@ class OptimizerConfig:
     def make(self, params, **overrides):
         return self.cls(params, **{**self.kwargs, **overrides})
 
+    def accepts(self, **overrides) -> bool:
+        """Whether the row takes these settings too (``capturable=True`` refuses a ``state_dtype``, say)."""
+        try:
+            self.make([amsgrad_probe_param()], **overrides)
+        except ValueError:
+            return False
+        return True
+
     @property
     def settings(self) -> dict[str, Any]:
         """Every setting that changes the math, with the class defaults filled in."""
@@ -71,6 +79,15 @@ CONFIGS = [
     OptimizerConfig("amsgrad-algorithm-2", amsgrad.AMSGrad, dict(lr=0.05, eps=0.0, bias_correction=False)),
     OptimizerConfig("amsgrad-off", amsgrad.AMSGrad, dict(lr=0.05, amsgrad=False)),
     OptimizerConfig("amsgrad-beta1-zero", amsgrad.AMSGrad, dict(lr=0.05, betas=(0.0, 0.9))),
+    # step counters on the parameters' device, bias corrections as tensor operations (kernels.tensor_steps)
+    OptimizerConfig("amsgrad-capturable", amsgrad.AMSGrad, dict(lr=0.05, capturable=True)),
+    OptimizerConfig("adam-capturable-torch-form-l2", amsgrad.Adam,
+                    dict(lr=0.05, eps=1e-8, optimized_update=False, weight_decay=L2, capturable=True)),
 ]
 
 AMSGRAD_CONFIGS = [config for config in CONFIGS if config.settings.get("amsgrad")]
+
+
+def accepting(**overrides) -> list[OptimizerConfig]:
+    """The rows that take ``overrides``: a suite about ``nonfinite`` or ``state_dtype`` runs on these."""
+    return [config for config in CONFIGS if config.accepts(**overrides)]

@@ -197,7 +197,11 @@ def test_per_group_settings_survive_state_dict():
 
     saved = optimizer.state_dict()
     other = amsgrad.AMSGrad([{"params": clone_params(a)}, {"params": clone_params(b)}], lr=1.0, betas=(0.1, 0.2))
-    other.load_state_dict(saved)
+    with pytest.warns(UserWarning) as caught:
+        other.load_state_dict(saved)  # group 1 runs otherwise than built: the saved settings win, and it says so
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2 and "param group 1 was saved in torch's update form" in messages[0]
+    assert "param group 1 was saved with amsgrad=False" in messages[1]
     for key in ("lr", "betas", "eps", "amsgrad", "max_of", "optimized_update", "maximize",
                 "weight_decay", "decoupled_weight_decay", "absolute_weight_decay"):
         assert other.param_groups[1][key] == optimizer.param_groups[1][key], key
@@ -221,13 +225,47 @@ def test_each_group_follows_its_own_settings():
     assert torch.equal(a[0], a_alone[0]) and torch.equal(b[0], b_alone[0])
 
 
-def test_plain_float_weight_decay_in_a_group_changes_only_lambda():
-    # The AdamW habit: decoupled decay by default, no decay for some group.
-    w, bias = make_params(shapes=[(3,)]), make_params(seed=1, shapes=[(3,)])
-    optimizer = amsgrad.AMSGrad([{"params": w}, {"params": bias, "weight_decay": 0.0}],
-                                weight_decay=amsgrad.WeightDecay(0.1))
-    assert optimizer.param_groups[1]["decoupled_weight_decay"] is True
-    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        # a plain number is coupled L2 beside a decoupled default, as in torch.optim.Adam
+        ({"weight_decay": 0.1}, (0.1, False, False)),
+        ({"weight_decay": 0.0}, (0.0, False, False)),
+        ({"weight_decay": None}, (0.0, False, False)),
+        # torch's key, written in the dict, is honoured; absolute decay is a decoupled mode
+        ({"weight_decay": 0.1, "decoupled_weight_decay": True}, (0.1, True, False)),
+        ({"weight_decay": 0.1, "absolute_weight_decay": True}, (0.1, True, True)),
+        # a WeightDecay gives its own mode
+        ({"weight_decay": amsgrad.WeightDecay(0.2, weight_decouple=False)}, (0.2, False, False)),
+        ({"weight_decay": amsgrad.WeightDecay(0.2, absolute=True)}, (0.2, True, True)),
+        # no weight_decay key: the constructor's decay, with only the written keys changed
+        ({}, (0.3, True, False)),
+        ({"decoupled_weight_decay": False}, (0.3, False, False)),
+    ],
+)
+def test_weight_decay_in_a_group_dict(entry, expected):
+    optimizer = amsgrad.AMSGrad([{"params": make_params(shapes=[(3,)])},
+                                 {"params": make_params(seed=1, shapes=[(3,)]), **entry}],
+                                weight_decay=amsgrad.WeightDecay(0.3))
+    group = optimizer.param_groups[1]
+    assert (group["weight_decay"], group["decoupled_weight_decay"], group["absolute_weight_decay"]) == expected
+    assert optimizer.param_groups[0]["decoupled_weight_decay"] is True
+
+
+def test_no_weight_decay_has_torchs_default_mode():
+    for optimizer in (amsgrad.AMSGrad(make_params()), amsgrad.Adam(make_params(), weight_decay=None)):
+        group = optimizer.param_groups[0]
+        assert (group["weight_decay"], group["decoupled_weight_decay"]) == (0.0, False)
+    # so a group that only names λ gets coupled L2, as under torch.optim.Adam
+    optimizer = amsgrad.Adam([{"params": make_params()}, {"params": make_params(seed=1), "weight_decay": 0.1}])
+    assert optimizer.param_groups[1]["decoupled_weight_decay"] is False
+
+
+def test_a_weight_decay_object_and_a_disagreeing_mode_key_are_refused():
+    with pytest.raises(ValueError, match=r"param group 0: Invalid decoupled_weight_decay: False beside weight_decay="
+                                         r"WeightDecay\(weight_decay=0\.1, weight_decouple=True"):
+        amsgrad.AMSGrad([{"params": make_params(), "weight_decay": amsgrad.WeightDecay(0.1),
+                          "decoupled_weight_decay": False}])
 
 
 def test_caller_defaults_are_not_mutated():

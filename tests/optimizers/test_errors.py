@@ -40,6 +40,25 @@ CONSTRUCTOR_ERRORS = [
     ("amsgrad-type", dict(amsgrad="true"), TypeError, r"amsgrad must be True or False"),
     ("max-of", dict(max_of="bias"), ValueError, r"Invalid max_of: 'bias' \(expected one of 'raw', 'corrected'\)"),
     ("foreach-type", dict(foreach="yes"), TypeError, r"foreach must be None, True or False, got 'yes'"),
+    ("capturable-type", dict(capturable=1), TypeError, r"capturable must be True or False, got 1"),
+    ("differentiable-type", dict(differentiable="no"), TypeError, r"differentiable must be True or False"),
+    ("capturable-fused", dict(capturable=True, fused=True), ValueError,
+     r"Invalid fused: True with capturable=True: capturable=True promises a step without host synchronisation.*"
+     r"the fused kernels read each step count on the host"),
+    ("capturable-readable", dict(capturable=True, foreach=False), ValueError,
+     r"Invalid foreach: False with capturable=True: .*the readable path reads each step count on the host"),
+    ("capturable-differentiable", dict(capturable=True, differentiable=True), ValueError,
+     r"Invalid differentiable: True with capturable=True"),
+    ("capturable-state-dtype", dict(capturable=True, state_dtype=torch.float64), ValueError,
+     r"Invalid state_dtype: torch\.float64 with capturable=True"),
+    ("capturable-nonfinite", dict(capturable=True, nonfinite="skip"), ValueError,
+     r"Invalid nonfinite: 'skip' with capturable=True: .*reads the gradients' finiteness on the host"),
+    ("differentiable-fused", dict(differentiable=True, fused=True), ValueError,
+     r"Invalid fused: True with differentiable=True: autograd can record only the readable per-tensor path"),
+    ("differentiable-foreach", dict(differentiable=True, foreach=True), ValueError,
+     r"Invalid foreach: True with differentiable=True"),
+    ("differentiable-lr-requires-grad", dict(differentiable=True, lr=torch.tensor(0.1, requires_grad=True)),
+     ValueError, r"Invalid lr: a tensor that requires grad with differentiable=True"),
 ]
 
 

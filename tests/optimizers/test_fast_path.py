@@ -31,8 +31,9 @@ FAST_PATHS = {
     "fused-native": (dict(fused=True), ("native",)),
     "fused-torch-kernel": (dict(fused=True), ("torch",)),
     "default-without-c": (dict(), ("torch",)),
+    "capturable": (dict(capturable=True), kernels.CPU_FUSED_BACKENDS),
 }
-READABLE = dict(foreach=False, fused=False)
+READABLE = dict(foreach=False, fused=False, capturable=False)
 
 
 def make_problem(device: str = "cpu", seed: int = 0) -> list[torch.nn.Parameter]:
@@ -86,13 +87,25 @@ def _fused_possible(config, backends, device) -> bool:
     return device == "cpu" and "native" in backends
 
 
+def _compatible(config, overrides) -> bool:
+    """Whether the configuration accepts the path's settings (capturable=True refuses fused=True, say)."""
+    try:
+        config.make([torch.nn.Parameter(torch.zeros(1))], **overrides)
+    except ValueError:
+        return False
+    return True
+
+
 def _equality_cases():
-    """Every configuration on every path that can run it (see test_impossible_fused_is_a_clear_error)."""
+    """Every configuration on every path that can run it (see test_impossible_fused_is_a_clear_error, and
+    tests/optimizers/test_errors.py for the settings that refuse each other)."""
     for device in DEVICES:
         for path, (overrides, backends) in FAST_PATHS.items():
             marks = [needs_native] if path == "fused-native" else []
             for config in CONFIGS:
                 if overrides.get("fused") and not _fused_possible(config, backends, device):
+                    continue
+                if not _compatible(config, overrides):
                     continue
                 yield pytest.param(config, path, device, id=f"{config.name}-{path}-{device}", marks=marks)
 
@@ -161,6 +174,7 @@ def test_kinds_of_a_group_are_those_of_its_tensors(odd):
     ODD_ONE_OUT[odd](params, grads, state)
     optimizer.state[params[4]] = state
     batch = kernels._Batch.gather(optimizer, optimizer.param_groups[0], params, grads, amsgrad=True)
+    assert not batch.pending
     expected: dict = {}
     for index, tensors in enumerate(zip(batch.params, batch.grads, batch.exp_avgs, batch.exp_avg_sqs,
                                         batch.max_exp_avg_sqs, batch.steps)):
@@ -215,6 +229,30 @@ def test_implementation_choice(fused, foreach, hooks, expected):
     assert kernels.implementation({"fused": fused, "foreach": foreach}, hooks) == expected
 
 
+@pytest.mark.parametrize(
+    "group, compiling, expected",
+    [
+        ({"capturable": True}, False, "tensor-steps"),
+        ({"capturable": True}, True, "tensor-steps"),
+        ({"differentiable": True}, False, "readable"),
+        ({"differentiable": True}, True, "readable"),
+        ({}, True, "tensor-steps"),  # off the CPU (see the next test)
+        ({"foreach": True}, True, "tensor-steps"),
+        ({"fused": False}, True, "tensor-steps"),
+        ({"fused": True}, True, "fused"),  # run outside the graph
+        ({"foreach": False}, True, "readable"),  # run outside the graph
+    ],
+)
+def test_implementation_choice_with_capturable_differentiable_and_compilation(group, compiling, expected):
+    assert kernels.implementation(group, (), compiling=compiling) == expected
+
+
+def test_under_compilation_a_default_cpu_group_keeps_the_fused_kernels_outside_the_graph():
+    assert kernels.implementation({}, (), compiling=True, on_cpu=True) == "fused"
+    assert kernels.implementation({"foreach": True}, (), compiling=True, on_cpu=True) == "tensor-steps"
+    assert kernels.implementation({"capturable": True}, (), compiling=True, on_cpu=True) == "tensor-steps"
+
+
 def test_fused_and_foreach_together_are_refused():
     with pytest.raises(ValueError, match=r"fused: True with foreach=True"):
         amsgrad.AMSGrad([torch.nn.Parameter(torch.zeros(2))], fused=True, foreach=True)
@@ -251,12 +289,12 @@ def test_a_subclass_that_overrides_a_hook_runs_on_the_readable_path():
 
 
 def test_a_subclass_that_overrides_no_hook_keeps_the_fast_path(monkeypatch):
-    calls = []
-    original = kernels.step_group
-    monkeypatch.setattr(kernels, "step_group", lambda *args: calls.append(args[-1]) or original(*args))
+    monkeypatch.setattr(kernels, "CPU_FUSED_BACKENDS", ("torch",))
     params = make_problem()
-    run(OnlyNewDefaults(params), params, range(1))
-    assert calls == ["fused"]
+    optimizer = OnlyNewDefaults(params)
+    run(optimizer, params, range(1))
+    assert kernels.READABLE not in optimizer.implementations()[0]
+    assert DoubledMoment(make_problem()).implementations() == [{kernels.READABLE: len(params)}]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
@@ -269,7 +307,7 @@ def test_impossible_fused_is_a_clear_error(monkeypatch, dtype):
     param.grad = torch.ones_like(param)
     with pytest.raises(RuntimeError, match=r"Invalid fused: True for a torch\.float\d+ parameter on cpu: .*max_of='corrected'"):
         optimizer.step()
-    assert torch.equal(param.detach(), before) and float(optimizer.state[param]["step"]) == 0
+    assert torch.equal(param.detach(), before) and param not in optimizer.state  # refused before any state exists
     optimizer.param_groups[0]["fused"] = None  # the automatic choice falls back instead
     optimizer.step()
     assert not torch.equal(param.detach(), before)
@@ -324,6 +362,17 @@ def test_the_step_benchmark_runs_on_a_tiny_layout(monkeypatch, capsys):
     assert "tiny: median ms per step" in out and "amsgrad max corrected" in out
 
 
+def test_the_compiled_step_benchmark_runs_on_a_tiny_layout(monkeypatch, capsys):
+    # Keeps `make bench` from rotting; dynamo's eager backend instead of inductor keeps it quick.
+    from benchmarks import compiled_step
+
+    monkeypatch.setitem(compiled_step.LAYOUTS, "tiny", lambda: torch.nn.Linear(3, 2))
+    compiled_step.main(["--layouts", "tiny", "--rounds", "2", "--repeat", "2", "--backend", "eager"])
+    out = capsys.readouterr().out
+    assert "ratio ours compiled / torch compiled" in out and "ours compiled multi-tensor" in out
+    torch._dynamo.reset()
+
+
 def test_state_of_another_dtype_takes_the_multi_tensor_path():
     # A float64 state (loaded from a float64 run, say) beside float32 parameters.
     def make():
@@ -341,3 +390,43 @@ def test_state_of_another_dtype_takes_the_multi_tensor_path():
     run(fast, fast_params, range(1, 4))
     assert fast.state[fast_params[0]]["exp_avg"].dtype == torch.float64
     assert_close_runs(reference, reference_params, fast, fast_params, exact=False)
+
+
+# ---------------------------------------------------------------- which implementation runs
+def _group(**settings):
+    return amsgrad.AMSGrad([torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64)) for _ in range(3)], **settings)
+
+
+@pytest.mark.parametrize(
+    "settings, backends, expected",
+    [
+        (dict(), ("torch",), {kernels.TORCH_FUSED: 3}),
+        (dict(foreach=True), kernels.CPU_FUSED_BACKENDS, {kernels.MULTI_TENSOR: 3}),
+        (dict(foreach=False), kernels.CPU_FUSED_BACKENDS, {kernels.READABLE: 3}),
+        (dict(capturable=True), kernels.CPU_FUSED_BACKENDS, {kernels.MULTI_TENSOR: 3}),
+        (dict(differentiable=True), kernels.CPU_FUSED_BACKENDS, {kernels.READABLE: 3}),
+        (dict(max_of="corrected"), ("torch",), {kernels.MULTI_TENSOR: 3}),  # no kernel: multi-tensor
+        (dict(max_of="corrected", fused=True), ("torch",), {kernels.REFUSED: 3}),  # a step raises
+    ],
+)
+def test_implementations_tell_what_each_group_runs(settings, backends, expected, monkeypatch):
+    monkeypatch.setattr(kernels, "CPU_FUSED_BACKENDS", backends)
+    optimizer = _group(**settings)
+    assert optimizer.implementations() == [expected]
+    assert not optimizer.state  # a report allocates and stores nothing
+
+
+@needs_native
+def test_implementations_count_each_kind_of_a_mixed_group_and_appear_in_the_repr():
+    params = make_problem()  # float64, complex128 and float32 tensors, one without a gradient
+    params.append(torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64).t()))  # not contiguous
+    optimizer = amsgrad.AMSGrad([{"params": params}, {"params": make_problem(seed=1)[:2], "foreach": False}])
+    assert optimizer.implementations() == [{kernels.C_KERNEL: 9, kernels.MULTI_TENSOR: 1}, {kernels.READABLE: 2}]
+    run(optimizer, params[:9] + [], range(2))
+    assert optimizer.implementations()[0] == {kernels.C_KERNEL: 9, kernels.MULTI_TENSOR: 1}
+    text = repr(optimizer)
+    assert "Parameter Group 0\n    implementation: C kernel (9 tensors), multi-tensor (1 tensor)\n" in text
+    assert "Parameter Group 1\n    implementation: readable (2 tensors)\n" in text
+    assert optimizer.implementations(compiled=True) == optimizer.implementations()  # on the CPU: the same
+    optimizer.param_groups[0]["foreach"] = True
+    assert optimizer.implementations(compiled=True) == [{kernels.MULTI_TENSOR: 10}, {kernels.READABLE: 2}]

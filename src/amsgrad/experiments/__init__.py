@@ -41,27 +41,21 @@ The command line (``amsgrad synthetic``, ``amsgrad sweep``) is a thin layer over
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
-#: Each public name and the module that defines it. They load on first use, so that the
-#: tracking process (:mod:`.recorder`) and the command line import only what they need.
-_EXPORTS = {
+# Light modules (numpy at most) load now. A public name that is also a submodule's name
+# (``simulate``) must be bound here: importing the submodule later would otherwise rebind
+# the package attribute to the module.
+from .simulate import ENGINES, Interrupted, RunResult, Trace, simulate
+from .variants import SCHEDULES, VARIANTS, Settings, Variant, variant
+
+#: Names from modules that compile with numba, loaded on first use, so that the tracking
+#: process (:mod:`.recorder`) and the command line import only what they need.
+_LAZY = {
     "SETTINGS": "problems",
     "Problem": "problems",
     "make_problem": "problems",
     "theorem1_betas": "problems",
-    "ENGINES": "simulate",
-    "Interrupted": "simulate",
-    "RunResult": "simulate",
-    "Trace": "simulate",
-    "simulate": "simulate",
-    "SCHEDULES": "variants",
-    "VARIANTS": "variants",
-    "Settings": "variants",
-    "Variant": "variants",
-    "variant": "variants",
 }
 
 __all__ = [
@@ -83,35 +77,15 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .problems import SETTINGS, Problem, make_problem, theorem1_betas
-    from .simulate import ENGINES, Interrupted, RunResult, Trace, simulate
-    from .variants import SCHEDULES, VARIANTS, Settings, Variant, variant
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'amsgrad.experiments' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
     return value
-
-
-class _Package(types.ModuleType):
-    """The package, whose ``simulate`` is the function even after its module is imported.
-
-    Importing a submodule binds it as an attribute of its package (after the submodule has
-    run), which would hide the function :func:`simulate` behind the module ``simulate`` for
-    whoever imported the module first (``from amsgrad.experiments.simulate import Trace``)
-    and the function afterwards. The module stays in ``sys.modules``.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
 from .envelope import Envelope
-from .problems import Problem
 from .stopping import native_section
 from .variants import Settings, Variant
+
+if TYPE_CHECKING:  # the problems module compiles with numba: loaded only by the engines
+    from .problems import Problem
 
 __all__ = ["ENGINES", "Trace", "RunResult", "Interrupted", "simulate", "make_run"]
 

@@ -3,15 +3,32 @@ r"""The fast steps of :class:`~amsgrad.Adam` and :class:`~amsgrad.AMSGrad`, and 
 The readable path (:meth:`amsgrad.Adam.step_param`, one tensor at a time) is the reference;
 everything here computes the same numbers faster, and is tested against it in float64.
 
+Every step is planned before anything changes (:func:`plan`): the path of each param group is
+chosen, every refusal (a ``fused=True`` that no kernel can honour, say) is raised, and the state
+of parameters stepped for the first time is created aside; only then are states stored and
+tensors updated. :meth:`amsgrad.GenericAdaptiveOptimizer.implementations` (and the optimizer's ``repr``) report
+the plan, per group, by these names:
+
+=================  ==================================================================
+name               implementation
+=================  ==================================================================
+``"C kernel"``     our single-pass CPU kernel, :mod:`.native`
+``"torch fused"``  torch's fused Adam kernel, settings mapped as in :mod:`.torch_fused`
+``"multi-tensor"`` ``torch._foreach_*`` over the group's tensors: :mod:`.foreach`, or
+                   :mod:`.tensor_steps` (step counts as tensors) with ``capturable=True``
+                   and under :func:`torch.compile`
+``"readable"``     the per-tensor hooks, :meth:`amsgrad.Adam.step_param`
+``"refused"``      tensors that ``fused=True`` cannot run: a step raises, changing nothing
+=================  ==================================================================
+
 Which implementation runs, per param group (the ``foreach`` and ``fused`` settings):
 
 ==========================  ===========================================================
 ``fused`` / ``foreach``     implementation
 ==========================  ===========================================================
 ``None`` / ``None``         the fastest correct one, per tensor: fused where a fused
-                            kernel exists, multi-tensor otherwise (and under
-                            :func:`torch.compile`, multi-tensor, which it traces)
-``True`` / ``None``         fused; a tensor no fused kernel can update is an error
+                            kernel exists, multi-tensor otherwise
+``True`` / ``None``         fused; a tensor no fused kernel can update is refused
 ``False`` / ``None``        multi-tensor (``torch._foreach_*``), :mod:`.foreach`
 ``None`` / ``True``         multi-tensor
 ``None``/``False``,         the readable per-tensor loop
@@ -19,11 +36,27 @@ Which implementation runs, per param group (the ``foreach`` and ``fused`` settin
 ``True`` / ``True``         refused when the group is created
 ==========================  ===========================================================
 
-A subclass that overrides a hook (``init_state``, ``get_mv``, ``get_lr``,
-``bias_corrections``, ``adam_update``, ``step_param``) always takes the readable path, since
-only that path calls the hooks; asking it for ``fused=True`` or ``foreach=True`` is refused.
-A group whose ``state_dtype`` is wider than one of its parameters takes the readable path too
-(``Adam._step_group`` decides; ``fused=True``/``foreach=True`` with a ``state_dtype`` are refused).
+and before those settings:
+
+* a subclass that overrides a hook (``init_state``, ``get_mv``, ``get_lr``,
+  ``bias_corrections``, ``adam_update``, ``step_param``) takes the readable path, since only
+  that path calls the hooks; so does a group whose ``state_dtype`` is wider than one of its
+  parameters, and a group with ``differentiable=True`` (autograd records the readable
+  path's operations; the others write with ``out=`` or outside autograd);
+* ``capturable=True`` takes :mod:`.tensor_steps`, whose step counts live on the parameters'
+  device and whose bias corrections are tensor operations, so a step never synchronises;
+* under :func:`torch.compile`, the planning runs outside the graph (a graph break), and so do
+  the fused kernels and the readable path, where they cannot cause recompilations. A group
+  with the default settings whose parameters are all on the CPU keeps the fused kernels there
+  (a compiled graph cannot beat one pass of the C kernel, and the results are the eager
+  step's); every other group that may run multi-tensor (off the CPU, or ``foreach=True`` /
+  ``fused=False``) takes :mod:`.tensor_steps`, traced, with α, β, ε and λ as a tensor input, so
+  that the graph depends neither on the step count nor on scheduled hyper-parameters: one
+  compilation serves every step. (Off the CPU its step counters move to the parameters'
+  device, as ``torch.optim`` moves them under compilation.)
+
+Settings that cannot be honoured together (``fused=True`` with ``differentiable=True`` or
+``capturable=True``, ...) are refused when the group is created, with the reason.
 
 Which fused kernel updates a tensor:
 
@@ -37,7 +70,7 @@ CPU, CUDA (and other devices    all but ``max_of="corrected"``  torch's ``_fused
 torch has the kernel for),                                     settings mapped as in
 any floating dtype                                             :mod:`.torch_fused`
 anything else                   ``max_of="corrected"``          none: multi-tensor (auto), or
-                                                               an error (``fused=True``)
+                                                               refused (``fused=True``)
 ==============================  =============================  ==============================
 
 Tensors that are not contiguous (or whose gradient or state is not), or whose gradient or
@@ -48,18 +81,21 @@ walk memory linearly in one dtype. Tensor subclasses
 
 from __future__ import annotations
 
+from itertools import repeat
 from operator import attrgetter
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from . import native
 from .foreach import foreach_step, read_steps
 from .settings import StepSettings
+from .tensor_steps import TensorStepConfig, coefficients, tensor_step
 from .torch_fused import supports as torch_kernel_supports
 from .torch_fused import torch_fused_step
 
-__all__ = ["step_group", "StepSettings", "foreach_step", "torch_fused_step", "native"]
+__all__ = ["plan", "implementation", "StepSettings", "foreach_step", "tensor_step", "torch_fused_step", "native",
+           "C_KERNEL", "TORCH_FUSED", "MULTI_TENSOR", "READABLE", "REFUSED"]
 
 #: Hooks the fast paths compute themselves: a subclass that overrides one runs on the readable path.
 HOOKS = ("init_state", "get_mv", "get_lr", "bias_corrections", "adam_update", "step_param")
@@ -67,29 +103,189 @@ HOOKS = ("init_state", "get_mv", "get_lr", "bias_corrections", "adam_update", "s
 #: Fused backends in order of preference on CPU; tests and benchmarks may narrow it.
 CPU_FUSED_BACKENDS: tuple[str, ...] = ("native", "torch")
 
+#: The names :meth:`amsgrad.GenericAdaptiveOptimizer.implementations` reports.
+C_KERNEL, TORCH_FUSED, MULTI_TENSOR, READABLE = "C kernel", "torch fused", "multi-tensor", "readable"
+REFUSED = "refused"  # tensors that fused=True cannot run: a step raises
+
 _NATIVE_DTYPES = (torch.float32, torch.float64)
+_CPU = torch.device("cpu")
 _PLAIN = frozenset((torch.Tensor, torch.nn.Parameter))
 
 
-def implementation(group: dict[str, Any], overridden_hooks: tuple[str, ...]) -> str:
-    """``"readable"``, ``"foreach"`` or ``"fused"`` (fused meaning fused where possible)."""
+def implementation(group: dict[str, Any], overridden_hooks: tuple[str, ...], *, widened: bool = False,
+                   compiling: bool = False, on_cpu: bool = False) -> str:
+    """The path of a group: ``"readable"``, ``"foreach"``, ``"fused"`` (fused where possible) or
+    ``"tensor-steps"`` (:mod:`.tensor_steps`). ``widened``: some parameter's state is wider than it;
+    ``compiling``: the step is being traced by :func:`torch.compile`; ``on_cpu``: every parameter
+    of the group is on the CPU."""
     fused, foreach = group.get("fused"), group.get("foreach")
-    if overridden_hooks or foreach is False and not fused:
+    if overridden_hooks or widened or group.get("differentiable", False) or (foreach is False and not fused):
         return "readable"
-    if foreach or fused is False or (fused is None and torch.compiler.is_compiling()):
+    if group.get("capturable", False):
+        return "tensor-steps"
+    if compiling:
+        # On the CPU a compiled graph cannot beat one pass of the fused kernels: the default keeps
+        # them, outside the graph. Elsewhere, and when multi-tensor is asked for, the graph runs it.
+        return "fused" if fused or (fused is None and foreach is None and on_cpu) else "tensor-steps"
+    if foreach or fused is False:
         return "foreach"
     return "fused"
 
 
-def step_group(optimizer: torch.optim.Optimizer, group: dict[str, Any], params: list[torch.Tensor],
-               grads: list[torch.Tensor], choice: str) -> None:
-    """Update ``params`` of ``group`` on the ``"foreach"`` or ``"fused"`` path (see the module map)."""
-    settings = StepSettings.from_group(group)
-    batch = _Batch.gather(optimizer, group, params, grads, settings.max_of is not None)
+def plan(optimizer: torch.optim.Optimizer, group: dict[str, Any], params: list[torch.Tensor],
+         grads: list[torch.Tensor | None], overridden_hooks: tuple[str, ...], *, compiling: bool = False,
+         report: bool = False) -> "Plan":
+    """Plan one group's step on ``params`` (those with ``grads``), refusing what cannot run.
+
+    Nothing is modified: the state of a parameter stepped for the first time is created aside and
+    stored by :meth:`Plan.commit`. With ``report=True`` (for :meth:`amsgrad.GenericAdaptiveOptimizer.implementations`)
+    nothing is allocated or refused either: missing gradients and states are stood in for by the
+    parameter itself, which has their layout, and what a step would refuse is counted as refused.
+    """
+    widened = group.get("state_dtype") is not None and any(optimizer._state_dtype(group, p) != p.dtype for p in params)
+    on_cpu = compiling and _everywhere(_device, params, _CPU)
+    choice = implementation(group, overridden_hooks, widened=widened, compiling=compiling, on_cpu=on_cpu)
+    if choice == "readable":
+        return ReadablePlan(optimizer, group, params, grads)
+    # A capturable step reads no tensor on the host: a tensor α or β stays a tensor.
+    settings = StepSettings.from_group(group, optimizer._max_of(group), read_tensors=not group.get("capturable", False))
+    batch = _Batch.gather(optimizer, group, params, grads, settings.max_of is not None, report=report)
     if choice == "fused":
-        batch.run_fused(settings, explicit=group.get("fused") is True)
-    else:
-        batch.run_foreach(settings, range(len(batch.params)))
+        return FusedPlan(settings, batch, explicit=group.get("fused") is True, report=report)
+    if choice == "foreach":
+        return ForeachPlan(settings, batch)
+    return TensorStepPlan(group, settings, batch, report=report, compiling=compiling)
+
+
+class Plan:
+    """One group's step, decided: :meth:`commit` stores what it created, :meth:`run` updates."""
+
+    #: Whether :meth:`run` may be traced by :func:`torch.compile` (else it runs outside the graph).
+    traceable = False
+
+    def implementations(self) -> dict[str, int]:
+        """The number of tensors each implementation updates."""
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        """Store the states (and maxima) created for this step."""
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+
+class ReadablePlan(Plan):
+    """The optimizer's per-tensor hooks (:meth:`amsgrad.GenericAdaptiveOptimizer._readable_step`)."""
+
+    def __init__(self, optimizer, group: dict[str, Any], params: list[torch.Tensor], grads) -> None:
+        self.optimizer, self.group, self.params, self.grads = optimizer, group, params, grads
+
+    def implementations(self) -> dict[str, int]:
+        return {READABLE: len(self.params)}
+
+    def run(self) -> None:
+        # As torch.optim: autograd records the step exactly when the group asks for it.
+        with torch.set_grad_enabled(bool(self.group.get("differentiable", False))):
+            self.optimizer._readable_step(self.group, self.params, self.grads)
+
+
+class ForeachPlan(Plan):
+    """:mod:`.foreach` over the whole group."""
+
+    def __init__(self, settings: StepSettings, batch: "_Batch") -> None:
+        self.settings, self.batch = settings, batch
+
+    def implementations(self) -> dict[str, int]:
+        return {MULTI_TENSOR: len(self.batch.params)}
+
+    def commit(self) -> None:
+        self.batch.commit()
+
+    def run(self) -> None:
+        self.batch.run_foreach(self.settings, range(len(self.batch.params)))
+
+
+class FusedPlan(Plan):
+    """Each tensor on the best fused kernel for its kind; the rest multi-tensor (or refused)."""
+
+    def __init__(self, settings: StepSettings, batch: "_Batch", explicit: bool, report: bool) -> None:
+        self.settings, self.batch = settings, batch
+        self.lib = _NativeOnDemand() if "native" in CPU_FUSED_BACKENDS else None
+        self.members = batch.kinds()
+        self.backends = {kind: _backend(kind, settings, self.lib) for kind in self.members}
+        self.explicit = explicit
+        if explicit and not report:  # refuse before anything changes
+            for kind, backend in self.backends.items():
+                if backend is None:
+                    raise RuntimeError(_impossible_fused(kind, settings, self.lib))
+
+    def implementations(self) -> dict[str, int]:
+        names = {"native": C_KERNEL, "torch": TORCH_FUSED, "foreach": MULTI_TENSOR,
+                 None: REFUSED if self.explicit else MULTI_TENSOR}
+        counts: dict[str, int] = {}
+        for kind, indices in self.members.items():
+            name = names[self.backends[kind]]
+            counts[name] = counts.get(name, 0) + len(indices)
+        return counts
+
+    def commit(self) -> None:
+        self.batch.commit()
+
+    def run(self) -> None:
+        batch, settings, lib = self.batch, self.settings, self.lib
+        leftover: list[int] = []
+        for kind, indices in self.members.items():
+            backend = self.backends[kind]
+            if backend is None or backend == "foreach":
+                leftover.extend(indices)
+                continue
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = batch.select(_as_range(indices))
+            _, _, step_device, step_dtype = kind
+            if backend == "native":
+                native_settings = _native_settings(settings, step_is_double=step_dtype == torch.float64)
+                native.adam_step(lib.get(), kind[1], params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                                 native_settings)
+            else:
+                torch_fused_step(settings, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
+                                 _increment_steps(steps, step_device, step_dtype, lib))
+        batch.run_foreach(settings, sorted(leftover))
+
+
+class TensorStepPlan(Plan):
+    """:mod:`.tensor_steps`, per device: the capturable step, and the step that :func:`torch.compile` traces.
+
+    The settings' numbers are made into a tensor here, when the step is planned: under
+    :func:`torch.compile`, outside the graph, which takes them as an input.
+    """
+
+    traceable = True
+
+    def __init__(self, group: dict[str, Any], settings: StepSettings, batch: "_Batch", report: bool,
+                 compiling: bool) -> None:
+        self.batch, self.config = batch, TensorStepConfig.from_settings(settings)
+        self.work: list[tuple[torch.Tensor, tuple[list[torch.Tensor], ...]]] = []
+        self.numbers: list[torch.Tensor] = []
+        if report:
+            return
+        devices = set(map(_device, batch.params))
+        # Step counts live where their parameter does with capturable=True, and (as torch.optim
+        # does) under compilation off the CPU, where the graph computes with them.
+        if group.get("capturable", False) or (compiling and devices != {_CPU}):
+            batch.place_steps_with_params()
+        for device in devices:
+            indices = range(len(batch.params)) if len(devices) == 1 else \
+                [i for i, param in enumerate(batch.params) if param.device == device]
+            self.work.append((coefficients(self.config, settings, device), batch.select(indices)))
+
+    def implementations(self) -> dict[str, int]:
+        return {MULTI_TENSOR: len(self.batch.params)}
+
+    def commit(self) -> None:
+        self.batch.commit()
+
+    def run(self) -> None:
+        # Kept: as outputs of a compiled graph, the per-tensor numbers are computed once, not per element.
+        self.numbers = [tensor_step(self.config, values, *tensors) for values, tensors in self.work]
 
 
 # Why a tensor cannot take a fused kernel, whatever its device and dtype.
@@ -105,10 +301,11 @@ _is_contiguous, _item = torch.Tensor.is_contiguous, torch.Tensor.item
 
 
 class _Batch:
-    """The group's tensors (complex ones as real views), one list per role.
+    """The group's tensors (complex ones as real views), one list per role, and what a step creates.
 
     For the fused path the tensors are grouped by kind (:meth:`kinds`): ``(device, dtype, step
-    device, step dtype)``, which decides their kernel, or the reason they have none.
+    device, step dtype)``, which decides their kernel, or the reason they have none. States and
+    maxima created for this step wait in :attr:`pending` until :meth:`commit`.
     """
 
     def __init__(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
@@ -116,21 +313,39 @@ class _Batch:
                  steps: list[torch.Tensor]) -> None:
         self.params, self.grads, self.steps = params, grads, steps
         self.exp_avgs, self.exp_avg_sqs, self.max_exp_avg_sqs = exp_avgs, exp_avg_sqs, max_exp_avg_sqs
+        self.pending: list[Callable[[], None]] = []
+        self.states: list[dict[str, Any]] = []
+        self.owners: list[torch.Tensor] = []
 
     @classmethod
-    def gather(cls, optimizer, group, params, grads, amsgrad: bool) -> "_Batch":
+    def gather(cls, optimizer, group, params, grads, amsgrad: bool, report: bool = False) -> "_Batch":
         # This runs once per tensor per step: one comprehension per role, no per-tensor calls.
-        states = [optimizer.state[param] for param in params]
-        if not all(states):
-            for state, param in zip(states, params):
+        states = [optimizer.state.get(param) for param in params]
+        pending: list[Callable[[], None]] = []
+        if not all(states):  # parameters stepped for the first time (or, for a report, never)
+            for index, (state, param) in enumerate(zip(states, params)):
                 if not state:
-                    optimizer.init_state(state, group, param)
+                    states[index] = state = _stand_in_state(optimizer, group, param) if report else {}
+                    if not report:
+                        optimizer.init_state(state, group, param)
+                        pending.append(_storer(optimizer.state, param, state))
+        if report:  # parameters without gradients: a gradient has the parameter's layout
+            grads = [param if grad is None else grad for param, grad in zip(params, grads)]
         maxima = None
         if amsgrad:  # a state without a maximum (a group switched to amsgrad, a plain Adam state) gets one
-            maxima = [maximum if (maximum := state.get("max_exp_avg_sq")) is not None else _new_maximum(state)
-                      for state in states]
+            maxima = [state.get("max_exp_avg_sq") for state in states]
+            if not all(map(dict.__contains__, states, repeat("max_exp_avg_sq"))):
+                for index, state in enumerate(states):
+                    if maxima[index] is None:
+                        exp_avg_sq = state["exp_avg_sq"]
+                        if report:
+                            maxima[index] = exp_avg_sq
+                            continue
+                        maxima[index] = torch.zeros_like(exp_avg_sq, memory_format=torch.preserve_format)
+                        pending.append(_storer(state, "max_exp_avg_sq", maxima[index]))
         batch = cls(list(params), list(grads), [state["exp_avg"] for state in states],
                     [state["exp_avg_sq"] for state in states], maxima, [state["step"] for state in states])
+        batch.pending, batch.states, batch.owners = pending, states, list(params)
         if any(dtype.is_complex for dtype in set(map(_dtype, params))):
             roles = batch.roles()
             for index, param in enumerate(params):
@@ -138,6 +353,18 @@ class _Batch:
                     for role in roles:
                         role[index] = torch.view_as_real(role[index])
         return batch
+
+    def commit(self) -> None:
+        for store in self.pending:
+            store()
+        self.pending = []
+
+    def place_steps_with_params(self) -> None:
+        """Put each step count on its parameter's device (stored at :meth:`commit`)."""
+        for index, (step, param) in enumerate(zip(self.steps, self.owners)):
+            if step.device != param.device:
+                self.steps[index] = moved = step.to(param.device)
+                self.pending.append(_storer(self.states[index], "step", moved))
 
     def roles(self) -> list[list[torch.Tensor]]:
         """The lists that a fused kernel walks element by element: params, grads, moments (and maxima)."""
@@ -175,42 +402,21 @@ class _Batch:
         if len(indices):
             foreach_step(settings, *self.select(indices))
 
-    def run_fused(self, settings: StepSettings, explicit: bool) -> None:
-        """Each tensor on the best fused kernel for its kind; the rest multi-tensor (or an error)."""
-        lib = _NativeOnDemand() if "native" in CPU_FUSED_BACKENDS else None
-        members = self.kinds()
-        backends = {kind: _backend(kind, settings, lib) for kind in members}
-        if explicit:  # refuse before anything changes
-            for kind, backend in backends.items():
-                if backend is None:
-                    raise RuntimeError(_impossible_fused(kind, settings, lib))
 
-        leftover: list[int] = []
-        for kind, indices in members.items():
-            backend = backends[kind]
-            if backend is None or backend == "foreach":
-                leftover.extend(indices)
-                continue
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self.select(_as_range(indices))
-            _, _, step_device, step_dtype = kind
-            if backend == "native":
-                native_settings = _native_settings(settings, step_is_double=step_dtype == torch.float64)
-                native.adam_step(lib.get(), kind[1], params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                                 native_settings)
-            else:
-                torch_fused_step(settings, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                                 _increment_steps(steps, step_device, step_dtype, lib))
-        self.run_foreach(settings, sorted(leftover))
+def _storer(mapping: dict, key: Any, value: Any) -> Callable[[], None]:
+    def store() -> None:
+        mapping[key] = value
+    return store
+
+
+def _stand_in_state(optimizer, group: dict[str, Any], param: torch.Tensor) -> dict[str, Any]:
+    """What :meth:`amsgrad.Adam.init_state` would create, as far as choosing a kernel goes, without allocating."""
+    return {"step": optimizer._new_step(group, param), "exp_avg": param, "exp_avg_sq": param}
 
 
 def _everywhere(attribute: attrgetter, tensors: list[torch.Tensor], value: Any) -> bool:
     """Whether every tensor's ``attribute`` equals ``value``."""
     return list(map(attribute, tensors)).count(value) == len(tensors)
-
-
-def _new_maximum(state: dict[str, Any]) -> torch.Tensor:
-    maximum = state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"], memory_format=torch.preserve_format)
-    return maximum
 
 
 def _kind(param, grad, exp_avg, exp_avg_sq, maximum, step) -> Any:

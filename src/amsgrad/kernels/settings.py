@@ -15,9 +15,14 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, torch.Tensor) else value
 
 
-@dataclasses.dataclass(frozen=True)
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclasses.dataclass(slots=True)  # built every step: slots, not frozen, for a cheap __init__
 class StepSettings:
-    """Everything in a param group that changes the math, as plain Python numbers."""
+    """Everything in a param group that changes the math, as plain Python numbers (α and β may stay
+    tensors for the capturable step, :mod:`.tensor_steps`)."""
 
     lr: float
     beta1: float
@@ -32,12 +37,15 @@ class StepSettings:
     max_of: str | None  # None for Adam, else "raw" or "corrected"
 
     @classmethod
-    def from_group(cls, group: dict[str, Any]) -> "StepSettings":
+    def from_group(cls, group: dict[str, Any], max_of: str | None, read_tensors: bool = True) -> "StepSettings":
+        """``max_of``: where the optimizer takes AMSGrad's maximum for this group (None: no maximum).
+        ``read_tensors=False``: a tensor α or β stays a tensor (reading it would synchronise)."""
         beta1, beta2 = group["betas"]
+        number = _number if read_tensors else _same
         return cls(
-            lr=_number(group["lr"]),
-            beta1=_number(beta1),
-            beta2=_number(beta2),
+            lr=number(group["lr"]),
+            beta1=number(beta1),
+            beta2=number(beta2),
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             decoupled=group["decoupled_weight_decay"],
@@ -45,7 +53,7 @@ class StepSettings:
             maximize=group["maximize"],
             optimized_update=group["optimized_update"],
             bias_correction=group["bias_correction"],
-            max_of=group.get("max_of", "raw") if group.get("amsgrad", False) else None,
+            max_of=max_of,
         )
 
     @property

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Iterable
 
 import torch
 
 from .. import kernels
-from ._validation import check_bool, check_state_dtype
+from ._validation import check_bool, check_non_negative, check_state_dtype
 from .generic import GenericAdaptiveOptimizer, ParamGroup, ParamState
 from .weight_decay import WeightDecay
 
 __all__ = ["Adam"]
-
-
-def _new_step_counter() -> torch.Tensor:
-    # As in torch.optim: a scalar tensor, float64 only when that is the default dtype.
-    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-    return torch.tensor(0.0, dtype=dtype)
 
 
 class Adam(GenericAdaptiveOptimizer):
@@ -80,6 +75,19 @@ class Adam(GenericAdaptiveOptimizer):
             ``exp_avg_sq``, ``max_exp_avg_sq``) and the arithmetic of the step are at least
             that wide, never narrower than the parameter (so float64 parameters keep float64
             state). Anything else is an error.
+        capturable: as in ``torch.optim.Adam``: the step counters live on the parameters'
+            device and a step never synchronises with the host (the bias corrections are tensor
+            operations; :mod:`amsgrad.kernels.tensor_steps`), so it can be captured in a CUDA
+            graph. Unlike torch's, it works on CPU too. It runs the multi-tensor path, so
+            ``fused=True``, ``foreach=False``, a ``state_dtype``, ``differentiable=True``, a
+            subclass's hooks and ``nonfinite="skip"``/``"raise"`` (whose check is a
+            synchronisation) are refused with it. To change α inside a captured graph, give
+            ``lr`` as a tensor on the device.
+        differentiable: as in ``torch.optim.Adam``: autograd records the step, so that the
+            updated parameters and state can be differentiated with respect to the parameters,
+            gradients and state before it (not α or β, which enter as numbers). It runs the
+            readable path; ``fused=True``, ``foreach=True`` and ``capturable=True`` are refused
+            with it.
 
     Low-precision parameters: with float16 or bfloat16 parameters and ``state_dtype=None`` the
     moments are float16/bfloat16 too, and in float16 the default ``eps=1e-16`` is 0 while
@@ -101,8 +109,18 @@ class Adam(GenericAdaptiveOptimizer):
     Implementations: these hooks, one tensor at a time, are the readable reference. By default
     the built-in classes run a fast path that computes the same numbers (tested in float64):
     a fused single-pass kernel (ours in C on CPU, torch's fused Adam kernel elsewhere) or a
-    multi-tensor step; :mod:`amsgrad.kernels` has the map. A subclass that overrides any hook
-    runs on the readable path automatically (``foreach=True``/``fused=True`` are refused for it).
+    multi-tensor step; :mod:`amsgrad.kernels` has the map, and :meth:`implementations` (or the
+    ``repr``) tells which one each group runs. A subclass that overrides any hook runs on the
+    readable path automatically (``foreach=True``/``fused=True`` are refused for it).
+    ``torch.compile(optimizer.step)`` compiles once: no recompilation as the step count or a
+    scheduled α, β, ε or λ changes (see :mod:`amsgrad.kernels`).
+
+    Checkpoints: ``load_state_dict`` follows ``torch.optim`` (the saved settings win), fills in
+    what a ``torch.optim.Adam``/``AdamW`` state dict lacks with torch's meaning (so such a
+    checkpoint continues with torch's update, ``optimized_update=False``), and warns where
+    a loaded group's ε form differs from the constructor's; :meth:`use_optimized_update`
+    switches such groups to this library's form (:meth:`amsgrad.AMSGrad.enable_amsgrad` turns
+    a loaded Adam state into AMSGrad).
 
     References:
         Diederik P. Kingma and Jimmy Ba. *Adam: A Method for Stochastic Optimization*.
@@ -137,9 +155,13 @@ class Adam(GenericAdaptiveOptimizer):
         fused: bool | None = None,
         nonfinite: str = "propagate",
         state_dtype: torch.dtype | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ):
         defaults = {} if defaults is None else dict(defaults)
         defaults.update(
+            capturable=capturable,
+            differentiable=differentiable,
             state_dtype=state_dtype,
             weight_decay=weight_decay,
             optimized_update=optimized_update,
@@ -156,17 +178,126 @@ class Adam(GenericAdaptiveOptimizer):
         check_bool("optimized_update", group["optimized_update"])
         check_bool("bias_correction", group["bias_correction"])
         check_state_dtype("state_dtype", group["state_dtype"])
+        check_bool("capturable", group.get("capturable", False))
         _check_implementation(group, _overridden_hooks(type(self)))
 
-    def _step_group(self, group: ParamGroup, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        """The readable loop, or the fast path that ``foreach``/``fused`` pick (:mod:`amsgrad.kernels`)."""
-        choice = kernels.implementation(group, _overridden_hooks(type(self)))
-        if group.get("state_dtype") is not None and any(self._state_dtype(group, p) != p.dtype for p in params):
-            choice = "readable"  # only the readable path keeps a state wider than its parameter
-        if choice == "readable":
-            super()._step_group(group, params, grads)
-        else:
-            kernels.step_group(self, group, params, grads, choice)
+    def _plan_group(self, group: ParamGroup, params: list[torch.Tensor], grads: list[torch.Tensor | None], *,
+                    compiling: bool = False, report: bool = False) -> kernels.Plan:
+        """The readable loop, or the fast path that the settings pick (:func:`amsgrad.kernels.plan`)."""
+        return kernels.plan(self, group, params, grads, _overridden_hooks(type(self)), compiling=compiling,
+                            report=report)
+
+    def _max_of(self, group: ParamGroup) -> str | None:
+        """Where AMSGrad's maximum is taken for ``group``: Adam keeps none."""
+        return None
+
+    def _new_step(self, group: ParamGroup, param: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+        """A step counter, as in ``torch.optim``: a 0-d tensor, float64 only when that is the default
+        dtype; on the CPU, or on the parameter's device with ``capturable=True``."""
+        dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        device = param.device if group.get("capturable", False) else "cpu"
+        return torch.full((), float(value), dtype=dtype, device=device)
+
+    # ----------------------------------------------------- loading and switching
+    def _complete_loaded_group(self, saved: ParamGroup, current: ParamGroup) -> ParamGroup:
+        """A group saved by ``torch.optim`` continues with torch's update: ``optimized_update=False``
+        (its ``eps`` is torch's ε, added to √(v/(1-β2^t))) and ``bias_correction=True``."""
+        saved.setdefault("optimized_update", False)
+        saved.setdefault("bias_correction", True)
+        return super()._complete_loaded_group(saved, current)
+
+    def _check_loaded_state(self, state: dict[Any, dict[str, Any]]) -> None:
+        for index, entries in state.items():
+            step = entries.get("step") if isinstance(entries, dict) else None
+            if step is not None and not isinstance(step, torch.Tensor) and (
+                    isinstance(step, bool) or not isinstance(step, numbers.Real)):
+                raise TypeError(f"the saved state of parameter {index}: step must be a number or a tensor, got "
+                                f"{step!r} of type {type(step).__name__}")
+
+    def _finish_loaded_state(self) -> None:
+        """Steps saved as plain numbers become step tensors (as ``torch.optim.Adam`` converts them);
+        with ``capturable=True`` each step tensor is moved to its parameter's device."""
+        for group in self.param_groups:
+            capturable = group.get("capturable", False)
+            for param in group["params"]:
+                state = self.state.get(param)
+                if not state or "step" not in state:
+                    continue
+                step = state["step"]
+                if not isinstance(step, torch.Tensor):  # a number (checked before loading)
+                    state["step"] = self._new_step(group, param, step)
+                elif not step.is_floating_point():
+                    state["step"] = self._new_step(group, param, float(step))
+                elif capturable and step.device != param.device:
+                    state["step"] = step.to(param.device)
+
+    def _loaded_setting_changes(self, before: ParamGroup, after: ParamGroup) -> list[str]:
+        changes = super()._loaded_setting_changes(before, after)
+        if before["optimized_update"] and not after["optimized_update"]:
+            changes.append(
+                "was saved in torch's update form (optimized_update=False: its eps is added to "
+                "sqrt(v / (1 - beta2^t))) and continues in that form, although this optimizer was built with "
+                "optimized_update=True; call optimizer.use_optimized_update() to switch to the library's form."
+            )
+        elif after["optimized_update"] and not before["optimized_update"]:
+            changes.append(
+                "was saved in the library's update form (optimized_update=True: its eps is added to sqrt(v)) "
+                "and continues in that form, although this optimizer was built with optimized_update=False; set "
+                "optimized_update=False (with a torch-form eps) in the param group to change back."
+            )
+        if after.get("amsgrad", False) and self._max_of(after) is None:
+            changes.append(
+                "was saved with amsgrad=True, but Adam keeps no running maximum: it continues as plain Adam "
+                "(max_exp_avg_sq is kept, unused); load the state dict into amsgrad.AMSGrad to continue AMSGrad."
+            )
+        return changes
+
+    def use_optimized_update(self, eps: float | None = None) -> list[int]:
+        r"""Switch every group in torch's update form (``optimized_update=False``) to this library's.
+
+        The two forms, with :math:`c_2 = 1 - β_2^t`,
+
+        .. math::
+
+            \text{torch's: } \frac{m_t}{\sqrt{v_t / c_2} + ε} \qquad
+            \text{optimized: } \sqrt{c_2} \frac{m_t}{\sqrt{v_t} + \hat{ε}}
+
+        are the same update exactly when :math:`\hat{ε} = ε \sqrt{c_2}`, which changes with
+        :math:`t`, so no constant ε̂ continues a run bit for bit. With ``eps=None`` each
+        switched group keeps its number as ε̂ (:math:`\hat{ε} = ε`): the update at step
+        :math:`t` is then torch's with :math:`ε / \sqrt{c_2}` in place of ε, which is ε itself
+        to within a relative :math:`β_2^t / 2` (below :math:`10^{-4}` once
+        :math:`t > 8{,}500` with :math:`β_2 = 0.999`): a loaded checkpoint of a long run
+        continues as it was. ``eps=ε̂`` sets that group setting instead (the library's default,
+        ``1e-16``, say, to make ε̂ negligible).
+
+        Only the group settings change (``optimized_update`` and ``eps``); the state is the
+        same in both forms, so every implementation (readable, multi-tensor, fused) continues
+        from it. Returns the indices of the groups switched.
+
+        Example:
+            >>> import warnings, torch, amsgrad
+            >>> w = torch.nn.Parameter(torch.ones(2))
+            >>> opt = amsgrad.Adam([w], lr=0.1)
+            >>> with warnings.catch_warnings(record=True):  # "... call optimizer.use_optimized_update() ..."
+            ...     opt.load_state_dict(torch.optim.Adam([w], lr=0.1).state_dict())
+            >>> opt.param_groups[0]["optimized_update"], opt.param_groups[0]["eps"]
+            (False, 1e-08)
+            >>> opt.use_optimized_update()
+            [0]
+            >>> opt.param_groups[0]["optimized_update"], opt.param_groups[0]["eps"]
+            (True, 1e-08)
+        """
+        if eps is not None:
+            eps = check_non_negative("eps", eps)
+        switched = []
+        for index, group in enumerate(self.param_groups):
+            if not group["optimized_update"]:
+                group["optimized_update"] = True
+                if eps is not None:
+                    group["eps"] = eps
+                switched.append(index)
+        return switched
 
     def _state_dtype(self, group: ParamGroup, param: torch.Tensor) -> torch.dtype:
         """The wider of the parameter's dtype and the group's ``state_dtype`` (None: the parameter's)."""
@@ -177,7 +308,7 @@ class Adam(GenericAdaptiveOptimizer):
     def init_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor) -> None:
         """``step`` = 0 and :math:`m_0 = v_0 = 0`, shaped like the parameter, in the state's dtype."""
         dtype = self._state_dtype(group, param)
-        state["step"] = _new_step_counter()
+        state["step"] = self._new_step(group, param)
         state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
 
@@ -206,18 +337,20 @@ class Adam(GenericAdaptiveOptimizer):
         """:math:`θ_t = θ_{t-1} - \\text{step size} \\cdot m_t / \\text{denominator}`, in place."""
         correction1, correction2 = self.bias_corrections(state, group)
         lr = self.get_lr(state, group)
+        # Recorded by autograd (differentiable=True), the step must not overwrite what backward needs.
+        recorded = torch.is_grad_enabled()
+        denominator = v.sqrt()
         if group["optimized_update"]:
             # α √(1-β2^t)/(1-β1^t) · m / (√v + ε̂)
-            denominator = v.sqrt().add_(group["eps"])
             step_size = lr * math.sqrt(correction2) / correction1
         else:
             # α/(1-β1^t) · m / (√v / √(1-β2^t) + ε)
-            denominator = v.sqrt()
             if correction2 != 1.0:
-                denominator.div_(math.sqrt(correction2))
-            denominator.add_(group["eps"])
+                divisor = math.sqrt(correction2)
+                denominator = denominator / divisor if recorded else denominator.div_(divisor)
             step_size = lr / correction1
-        param.addcdiv_(m, denominator, value=-step_size)
+        denominator = denominator + group["eps"] if recorded else denominator.add_(group["eps"])
+        param.addcdiv_(m.clone() if recorded else m, denominator, value=-step_size)
 
     def step_param(self, state: ParamState, group: ParamGroup, grad: torch.Tensor, param: torch.Tensor) -> None:
         """Weight decay, then :math:`t \\leftarrow t + 1`, the moments, and the update.
@@ -250,9 +383,49 @@ def _overridden_hooks(cls: type) -> tuple[str, ...]:
 
 
 def _check_implementation(group: ParamGroup, overridden_hooks: tuple[str, ...]) -> None:
+    """Refuse the settings that no implementation can honour together, saying why."""
     fused, foreach = group.get("fused"), group.get("foreach")
+    capturable, differentiable = group.get("capturable", False), group.get("differentiable", False)
     if fused and foreach:
         raise ValueError("Invalid fused: True with foreach=True (choose one; None lets the optimizer choose)")
+    if differentiable:
+        for key, value in (("fused", fused), ("foreach", foreach)):
+            if value:
+                raise ValueError(
+                    f"Invalid {key}: True with differentiable=True: autograd can record only the readable "
+                    f"per-tensor path (the {key} kernels write their results in place, outside autograd); use "
+                    f"{key}=None, which takes the readable path for a differentiable group"
+                )
+        for key in ("lr", "betas"):
+            values = group[key] if key == "betas" else (group[key],)
+            if any(isinstance(value, torch.Tensor) and value.requires_grad for value in values):
+                raise ValueError(
+                    f"Invalid {key}: a tensor that requires grad with differentiable=True: the step is "
+                    f"differentiable with respect to the parameters, gradients and state, while {key} enters as "
+                    f"a number (pass {key} detached)"
+                )
+    if capturable:
+        why = ("capturable=True promises a step without host synchronisation, so it runs the multi-tensor path "
+               "with tensor step counts")
+        if fused:
+            raise ValueError(f"Invalid fused: True with capturable=True: {why}, while the fused kernels read each "
+                             f"step count on the host; use fused=None")
+        if foreach is False:
+            raise ValueError(f"Invalid foreach: False with capturable=True: {why}, while the readable path reads "
+                             f"each step count on the host; use foreach=None")
+        if differentiable:
+            raise ValueError(f"Invalid differentiable: True with capturable=True: {why}, while the differentiable "
+                             f"step is the readable path, which reads each step count on the host")
+        if group.get("state_dtype") is not None:
+            raise ValueError(f"Invalid state_dtype: {group['state_dtype']} with capturable=True: {why}, while only "
+                             f"the readable path keeps a state wider than its parameter; use state_dtype=None")
+        if group.get("nonfinite", "propagate") != "propagate":
+            raise ValueError(f"Invalid nonfinite: {group['nonfinite']!r} with capturable=True: {why}, while "
+                             f"deciding to skip or raise reads the gradients' finiteness on the host; use "
+                             f"nonfinite='propagate' (torch.amp.GradScaler skips non-finite steps on the device)")
+        if overridden_hooks:
+            raise ValueError(f"Invalid capturable: True for a subclass that overrides {', '.join(overridden_hooks)}: "
+                             f"{why}, while only the readable path calls these hooks")
     for key, value in (("fused", fused), ("foreach", foreach)):
         if value and group.get("state_dtype") is not None:
             raise ValueError(

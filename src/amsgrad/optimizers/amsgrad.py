@@ -64,6 +64,12 @@ class AMSGrad(Adam):
     parameter; the default ``"propagate"`` does what ``torch.optim`` does. See
     :mod:`amsgrad.optimizers.nonfinite`.
 
+    Switching an Adam run to AMSGrad: a ``torch.optim.Adam(amsgrad=False)`` checkpoint (or a
+    group with ``amsgrad=False``) loads as plain Adam, since the saved settings win (with a
+    warning, when this optimizer was built with ``amsgrad=True``); :meth:`enable_amsgrad`
+    turns every such group into AMSGrad in one call, starting :math:`\hat{v}` from the
+    loaded :math:`v`.
+
     Compared with others: with ``optimized_update=False, eps=1e-8`` this is exactly
     ``torch.optim.Adam(..., amsgrad=True)`` (``AdamW`` with ``weight_decay=WeightDecay(λ)``), and
     the state dicts load both ways. optax's ``amsgrad`` is ``max_of="corrected",
@@ -71,8 +77,9 @@ class AMSGrad(Adam):
 
     Args:
         params, lr, betas, eps, weight_decay, optimized_update, maximize, bias_correction,
-        foreach, fused, nonfinite, state_dtype: as for :class:`~amsgrad.Adam` (implementations too: a
-        subclass that overrides a hook runs on the readable path).
+        foreach, fused, nonfinite, state_dtype, capturable, differentiable: as for
+        :class:`~amsgrad.Adam` (implementations too: a subclass that overrides a hook runs on the
+        readable path).
         amsgrad: keep the running maximum (``False`` falls back to Adam).
         defaults: extra param-group settings, for subclasses (never modified).
         max_of: ``"raw"`` or ``"corrected"``, as above.
@@ -114,6 +121,8 @@ class AMSGrad(Adam):
         fused: bool | None = None,
         nonfinite: str = "propagate",
         state_dtype: torch.dtype | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ):
         defaults = {} if defaults is None else dict(defaults)
         defaults.update(amsgrad=amsgrad, max_of=max_of)
@@ -131,12 +140,95 @@ class AMSGrad(Adam):
             foreach=foreach,
             fused=fused,
             state_dtype=state_dtype,
+            capturable=capturable,
+            differentiable=differentiable,
         )
 
     def validate_group(self, group: ParamGroup) -> None:
         super().validate_group(group)
         check_bool("amsgrad", group["amsgrad"])
         check_choice("max_of", group["max_of"], MAX_OF_CHOICES)
+
+    def _max_of(self, group: ParamGroup) -> str | None:
+        return group["max_of"] if group["amsgrad"] else None
+
+    def _complete_loaded_group(self, saved: ParamGroup, current: ParamGroup) -> ParamGroup:
+        """A group saved without ``amsgrad`` (by :class:`~amsgrad.Adam`) ran plain Adam; one saved by
+        ``torch.optim`` with ``amsgrad=True`` holds the maximum of raw :math:`v_t` (``max_of="raw"``).
+        Without a maximum, ``max_of`` keeps the constructor's value, for :meth:`enable_amsgrad`."""
+        saved.setdefault("amsgrad", False)
+        if saved["amsgrad"]:
+            saved.setdefault("max_of", "raw")
+        return super()._complete_loaded_group(saved, current)
+
+    def _loaded_setting_changes(self, before: ParamGroup, after: ParamGroup) -> list[str]:
+        changes = super()._loaded_setting_changes(before, after)
+        if before["amsgrad"] and not after["amsgrad"]:
+            changes.append(
+                "was saved with amsgrad=False and continues as plain Adam, although this optimizer was built with "
+                "amsgrad=True; call optimizer.enable_amsgrad() to continue as AMSGrad (its maximum starts from the "
+                "loaded v)."
+            )
+        elif after["amsgrad"] and not before["amsgrad"]:
+            changes.append(
+                "was saved with amsgrad=True and continues as AMSGrad, although this optimizer was built with "
+                "amsgrad=False; set amsgrad=False in the param group to continue as plain Adam."
+            )
+        return changes
+
+    def enable_amsgrad(self) -> list[int]:
+        r"""Turn every group that runs plain Adam (``amsgrad=False``) into AMSGrad, from now on.
+
+        The usual case: a ``torch.optim.Adam(amsgrad=False)`` checkpoint (or one of
+        :class:`~amsgrad.Adam`) loaded into ``AMSGrad``, which keeps the saved ``amsgrad=False``.
+        For every parameter of such a group that has a state, the running maximum starts from
+        the current second moment,
+
+        .. math::
+
+            \hat{v} = v \quad (	ext{max_of="raw"}), \qquad
+            \hat{v} = v / (1 - β_2^t) \quad (	ext{max_of="corrected"}, t 	ext{ its step count}),
+
+        (with ``bias_correction=False``, :math:`\hat{v} = v`), replacing any stale
+        ``max_exp_avg_sq``; then ``amsgrad=True`` is set in the group, whose ``max_of`` says
+        which maximum. The next steps, on any implementation, are AMSGrad's:
+        :math:`\hat{v}_t = \max(\hat{v}_{t-1}, v_t)`. Parameters without a state start from
+        :math:`\hat{v}_0 = 0` at their first step, as usual. Returns the indices of the groups
+        switched (the others already ran AMSGrad).
+
+        Example:
+            >>> import warnings, torch, amsgrad
+            >>> w = torch.nn.Parameter(torch.ones(2))
+            >>> adam = torch.optim.Adam([w], lr=0.1)
+            >>> w.grad = torch.tensor([1.0, -2.0])
+            >>> adam.step()
+            >>> opt = amsgrad.AMSGrad([w], lr=0.1, eps=1e-8, optimized_update=False)
+            >>> with warnings.catch_warnings(record=True):  # "... call optimizer.enable_amsgrad() ..."
+            ...     opt.load_state_dict(adam.state_dict())
+            >>> opt.enable_amsgrad()
+            [0]
+            >>> torch.equal(opt.state[w]["max_exp_avg_sq"], opt.state[w]["exp_avg_sq"])
+            True
+        """
+        switched = []
+        for index, group in enumerate(self.param_groups):
+            if group["amsgrad"]:
+                continue
+            corrected = group["max_of"] == "corrected"
+            for param in group["params"]:
+                state = self.state.get(param)
+                if not state or "exp_avg_sq" not in state:
+                    continue
+                v = state["exp_avg_sq"]
+                if corrected:
+                    _, correction2 = super().bias_corrections(state, group)
+                    maximum = v / correction2 if correction2 > 0.0 else torch.zeros_like(v)
+                else:
+                    maximum = v.clone(memory_format=torch.preserve_format)
+                state["max_exp_avg_sq"] = maximum
+            group["amsgrad"] = True
+            switched.append(index)
+        return switched
 
     def init_state(self, state: ParamState, group: ParamGroup, param: torch.Tensor) -> None:
         """Adam's state, plus :math:`\\hat{v}_0 = 0` (``max_exp_avg_sq``) when ``amsgrad``."""
@@ -152,11 +244,15 @@ class AMSGrad(Adam):
         v_max = state.get("max_exp_avg_sq")
         if v_max is None:  # a group switched to amsgrad, or a plain Adam state dict loaded
             v_max = state["max_exp_avg_sq"] = torch.zeros_like(v, memory_format=torch.preserve_format)
+        candidate = v
         if group["max_of"] == "corrected":
             _, correction2 = super().bias_corrections(state, group)
-            torch.maximum(v_max, v / correction2, out=v_max)
+            candidate = v / correction2
+        if torch.is_grad_enabled():  # recorded by autograd (differentiable=True): no out=, and what
+            # maximum() saves for backward must not be the moments that the next step updates in place
+            v_max.copy_(torch.maximum(v_max.clone(), candidate.clone() if candidate is v else candidate))
         else:
-            torch.maximum(v_max, v, out=v_max)
+            torch.maximum(v_max, candidate, out=v_max)
         return m, v_max
 
     def bias_corrections(self, state: ParamState, group: ParamGroup) -> tuple[float, float]:

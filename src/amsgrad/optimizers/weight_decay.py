@@ -31,12 +31,20 @@ class WeightDecay:
 
     With λ = 0 every mode is a no-op and costs nothing.
 
+    A plain number λ for ``weight_decay`` means coupled L2 *everywhere*, exactly as in
+    ``torch.optim.Adam``: in the constructors and in a param-group dict, whatever the
+    constructor's mode (see :meth:`group_entries`). So ``{"params": biases, "weight_decay": 0.0}``
+    turns decay off for a group, and ``{"params": p, "weight_decay": 0.1}`` is L2 even beside a
+    decoupled default. A :class:`WeightDecay` in a group dict gives its own mode, and so do
+    torch's key ``decoupled_weight_decay`` (and ``absolute_weight_decay``) written in the dict.
+    ``None`` means no decay (λ = 0, torch's default mode).
+
     Compared with others: ``torch.optim.Adam(weight_decay=λ)`` is coupled L2 and
-    ``torch.optim.AdamW(weight_decay=λ)`` is the decoupled mode (torch has no absolute mode);
-    optax's ``adamw`` adds λθ to the *update* before it is scaled by α, which is the decoupled
-    mode too. A plain number passed as ``weight_decay`` to the constructors here means coupled
-    L2, as in ``torch.optim.Adam``; in a param-group dict it changes λ alone and keeps the
-    mode of the constructor (the AdamW habit of ``{"params": biases, "weight_decay": 0.0}``).
+    ``torch.optim.AdamW(weight_decay=λ)`` (or ``Adam(..., decoupled_weight_decay=True)``) is the
+    decoupled mode (torch has no absolute mode); in an ``AdamW`` group dict a plain λ inherits
+    AdamW's decoupled mode, which here is written ``WeightDecay(λ)`` (or the plain λ with
+    ``"decoupled_weight_decay": True``). optax's ``adamw`` adds λθ to the *update* before it is
+    scaled by α, which is the decoupled mode too.
 
     References:
         Ilya Loshchilov and Frank Hutter. *Decoupled Weight Decay Regularization*. ICLR 2019.
@@ -72,9 +80,10 @@ class WeightDecay:
 
     @classmethod
     def coerce(cls, value: Any) -> "WeightDecay":
-        """``None`` means no decay; a plain number λ means coupled L2, as in ``torch.optim.Adam``."""
+        """``None`` means no decay (in torch's default, coupled, mode); a plain number λ means coupled
+        L2, as in ``torch.optim.Adam``."""
         if value is None:
-            return cls(0.0)
+            return cls(0.0, weight_decouple=False)
         if isinstance(value, cls):
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -82,6 +91,37 @@ class WeightDecay:
                 f"weight_decay must be a WeightDecay, a number >= 0 (coupled L2) or None, got {value!r}"
             )
         return cls(value, weight_decouple=False)
+
+    @classmethod
+    def group_entries(cls, group: dict[str, Any]) -> dict[str, Any]:
+        """The decay entries that a param-group dict given by the user sets (the rest it inherits).
+
+        * no ``weight_decay`` key: only the mode keys written in the dict (``decoupled_weight_decay``,
+          ``absolute_weight_decay``); λ and anything unwritten come from the constructor;
+        * a :class:`WeightDecay`: its three entries (a mode key in the dict must agree with it);
+        * a plain number λ (or None for 0): coupled L2, as in ``torch.optim.Adam``, unless the dict
+          writes ``decoupled_weight_decay`` or ``absolute_weight_decay`` (absolute decay is decoupled).
+        """
+        modes = {key: group[key] for key in ("decoupled_weight_decay", "absolute_weight_decay") if key in group}
+        if "weight_decay" not in group:
+            return modes
+        value = group["weight_decay"]
+        if isinstance(value, cls):
+            entries = value.defaults()
+            for key, given in modes.items():
+                if given != entries[key]:
+                    raise ValueError(
+                        f"Invalid {key}: {given!r} beside weight_decay={value!r}, which has {key}="
+                        f"{entries[key]!r} (give the mode once: in the WeightDecay, or with a plain number)"
+                    )
+            return entries
+        decay = cls.coerce(value)  # refuses what is neither a number nor None
+        absolute = modes.get("absolute_weight_decay", False)
+        return {
+            "weight_decay": decay.weight_decay,
+            "decoupled_weight_decay": modes.get("decoupled_weight_decay", absolute is True),
+            "absolute_weight_decay": absolute,
+        }
 
     def defaults(self) -> dict[str, Any]:
         """The param-group entries that carry this decay."""
