@@ -4,10 +4,10 @@ A trace sampled every 1,000th step aliases on the paper's online problem: its pe
 the sampling interval beat, so the samples of :math:`x_t` fall on one phase of the oscillation
 and draw a smooth line that the iterate never follows. The engines therefore summarise *every*
 step while they run, into bins whose width grows with t (:data:`BINS_PER_DECADE` per decade,
-one step wide below t ≈ 25): for each bin, the minimum, maximum and mean of :math:`x_t`, of
-:math:`R(t)/t` and of the step's regret, and the standard deviation of the first two. A plot
-then draws the mean as a line and the range (or, for a random walk, mean ± standard deviation)
-as a band; a run of 10^7 steps has 361 bins.
+one step wide below t ≈ 25): for each bin, the minimum, maximum and mean of :math:`x_t` and of
+:math:`R(t)/t`, and the standard deviation of :math:`x_t`. A plot then draws the mean as a line
+and the range (or, for a random walk, mean ± standard deviation) as a band; a run of 10^7 steps
+has 361 bins. (The step's regret itself is in the sampled trace.)
 
 :func:`bin_edges` fixes the bins once for all runs, so that runs of any length, advanced in
 chunks of any size, by either engine, have the same bins. :class:`EnvelopeBuilder` is the
@@ -44,21 +44,19 @@ def bin_edges() -> np.ndarray:
 
 
 #: The names of the per-bin statistics, in the order the compiled engine stores them.
-STATISTICS = ("x_min", "x_max", "x_mean", "x_std", "average_min", "average_max", "average_mean", "average_std",
-              "regret_min", "regret_max", "regret_mean")
+STATISTICS = ("x_min", "x_max", "x_mean", "x_std", "average_min", "average_max", "average_mean")
 
 
 @dataclass
 class Envelope:
-    """Per bin: its steps and the range and mean of x_t, R(t)/t and the step's regret.
+    """Per bin: its steps, and the range and mean of x_t and of R(t)/t (and x_t's spread).
 
     Attributes:
         first, last: the first and last step of the bin that the run reached (``last`` is
             below the bin's end for the bin a run stopped in).
         x_min, x_max, x_mean, x_std: of :math:`x_t` over the bin's steps (``std`` the
             population standard deviation).
-        average_min, average_max, average_mean, average_std: of :math:`R(t)/t`.
-        regret_min, regret_max, regret_mean: of the step's regret :math:`f_t(x_t) - f_t(x^*)`.
+        average_min, average_max, average_mean: of :math:`R(t)/t`.
     """
 
     first: np.ndarray
@@ -70,10 +68,6 @@ class Envelope:
     average_min: np.ndarray
     average_max: np.ndarray
     average_mean: np.ndarray
-    average_std: np.ndarray
-    regret_min: np.ndarray
-    regret_max: np.ndarray
-    regret_mean: np.ndarray
 
     @classmethod
     def empty(cls) -> Envelope:
@@ -119,7 +113,7 @@ class EnvelopeBuilder:
     """Accumulates an :class:`Envelope` from per-step values, fed in order, in chunks of any size.
 
     >>> b = EnvelopeBuilder()
-    >>> b.add(1, np.array([0.0, 0.5, 1.0]), np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 5.0]))
+    >>> b.add(1, np.array([0.0, 0.5, 1.0]), np.array([1.0, 2.0, 3.0]))
     >>> e = b.envelope()
     >>> e.first.tolist(), e.x_max.tolist(), e.average_mean.tolist()
     ([1, 2, 3], [0.0, 0.5, 1.0], [1.0, 2.0, 3.0])
@@ -130,19 +124,19 @@ class EnvelopeBuilder:
         self._closed: list[Envelope] = []
         self._open: tuple | None = None  # (bin, first, last, count, sums, minima, maxima) of the bin being filled
 
-    def add(self, first: int, x: np.ndarray, average: np.ndarray, regret: np.ndarray) -> None:
-        """Steps ``first`` … ``first + len(x) - 1``: x_t, R(t)/t and the step's regret of each."""
+    def add(self, first: int, x: np.ndarray, average: np.ndarray) -> None:
+        """Steps ``first`` … ``first + len(x) - 1``: x_t and R(t)/t of each."""
         n = len(x)
         if n == 0:
             return
         steps = np.arange(first, first + n, dtype=np.int64)
         bins = np.searchsorted(self.edges, steps, side="right") - 1
         starts = np.concatenate([[0], np.nonzero(np.diff(bins))[0] + 1])
-        values = np.stack([x, average, regret, x * x, average * average])  # (5, n): the squares for the spread
+        values = np.stack([x, average, x * x])  # (3, n): the squares for the spread
         counts = np.diff(np.append(starts, n))
         sums = np.add.reduceat(values, starts, axis=1)
-        minima = np.minimum.reduceat(values[:3], starts, axis=1)
-        maxima = np.maximum.reduceat(values[:3], starts, axis=1)
+        minima = np.minimum.reduceat(values[:2], starts, axis=1)
+        maxima = np.maximum.reduceat(values[:2], starts, axis=1)
         lasts = np.append(steps[starts[1:] - 1], steps[-1])
         groups = [(int(bins[s]), int(steps[s]), int(last), int(c), sums[:, i], minima[:, i], maxima[:, i]) for i, (s, last, c) in enumerate(zip(starts, lasts, counts))]
         if self._open is not None and self._open[0] == groups[0][0]:
@@ -159,10 +153,8 @@ class EnvelopeBuilder:
     def _as_envelope(groups: list[tuple]) -> Envelope:
         rows = np.empty((len(groups), len(STATISTICS)))
         for i, (_, _, _, count, sums, minima, maxima) in enumerate(groups):
-            x_mean, average_mean = sums[0] / count, sums[1] / count
-            rows[i] = [minima[0], maxima[0], x_mean, spread(sums[3], x_mean, count),
-                       minima[1], maxima[1], average_mean, spread(sums[4], average_mean, count),
-                       minima[2], maxima[2], sums[2] / count]  # fmt: skip
+            x_mean = sums[0] / count
+            rows[i] = [minima[0], maxima[0], x_mean, spread(sums[2], x_mean, count), minima[1], maxima[1], sums[1] / count]
         return Envelope.from_rows([g[1] for g in groups], [g[2] for g in groups], rows)
 
     def envelope(self) -> Envelope:

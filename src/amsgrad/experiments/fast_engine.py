@@ -144,8 +144,8 @@ def _step_numerator(step_lr, correction2, max_code, optimized_update):
     if max_code == 2:
         v_divisor = correction2
         correction2_left = 1.0
-    if optimized_update:
-        return step_lr * math.sqrt(correction2_left), v_divisor, 1.0
+    if optimized_update:  # √1 is 1: skipped once the correction has rounded to 1
+        return step_lr * math.sqrt(correction2_left) if correction2_left != 1.0 else step_lr, v_divisor, 1.0
     den_divisor = math.sqrt(correction2_left) if correction2_left != 1.0 else 1.0
     return step_lr, v_divisor, den_divisor
 
@@ -156,27 +156,26 @@ def _step_numerator(step_lr, correction2, max_code, optimized_update):
 # Layout of the state vector the kernel carries between chunks.
 _X, _M, _V, _VMAX, _REGRET_SUM, _T, _DECAY_POWER, _BIN, _BIN_FIRST, _BIN_COUNT = range(10)
 _STATE_SIZE = 10
-# The running per-bin statistics: (min, max, sum) of x, of R(t)/t, of the step's regret; the
-# sums of the squares of x and of R(t)/t.
-_ACCUMULATORS = 11
+# The running per-bin statistics: (min, max, sum) of x and of R(t)/t; the sum of the squares of x.
+_ACCUMULATORS = 7
+
+
+@njit(inline="always")
+def _write_bin(out, count, x_low, x_high, x_sum, x_squares, a_low, a_high, a_sum):
+    """A bin's row of :data:`~amsgrad.experiments.envelope.STATISTICS` from its running sums."""
+    x_mean = x_sum / count
+    out[0] = x_low
+    out[1] = x_high
+    out[2] = x_mean
+    out[3] = math.sqrt(max(x_squares / count - x_mean * x_mean, 0.0))
+    out[4] = a_low
+    out[5] = a_high
+    out[6] = a_sum / count
 
 
 @njit(inline="always")
 def _bin_statistics(sums, count, out):
-    """A bin's row of :data:`~amsgrad.experiments.envelope.STATISTICS` from its running sums."""
-    x_mean = sums[2] / count
-    average_mean = sums[5] / count
-    out[0] = sums[0]
-    out[1] = sums[1]
-    out[2] = x_mean
-    out[3] = math.sqrt(max(sums[9] / count - x_mean * x_mean, 0.0))
-    out[4] = sums[3]
-    out[5] = sums[4]
-    out[6] = average_mean
-    out[7] = math.sqrt(max(sums[10] / count - average_mean * average_mean, 0.0))
-    out[8] = sums[6]
-    out[9] = sums[7]
-    out[10] = sums[8] / count
+    _write_bin(out, count, sums[0], sums[1], sums[2], sums[6], sums[3], sums[4], sums[5])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -237,6 +236,8 @@ def _advance(
     next_record = ((first - 1) // record_every + 1) * record_every if record_every > 0 else -1
     recorded = 0
     closed = 0
+    # the bin's running statistics, in registers (written back to ``sums`` at the end)
+    x_low, x_high, x_sum, a_low, a_high, a_sum, x_squares = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6]
 
     for t in range(first, first + count):
         g = _gradient(t, spike, slope, period, probability, seed)
@@ -256,30 +257,23 @@ def _advance(
             if bin_index >= 0:
                 bin_first[closed] = current_first
                 bin_last[closed] = t - 1
-                _bin_statistics(sums, bin_count, bin_statistics[closed])
+                _write_bin(bin_statistics[closed], bin_count, x_low, x_high, x_sum, x_squares, a_low, a_high, a_sum)
                 closed += 1
             bin_index += 1
             next_edge = edges[bin_index + 1]
             current_first = t
             bin_count = 0
-            for k in range(3):
-                sums[3 * k] = np.inf
-                sums[3 * k + 1] = -np.inf
-                sums[3 * k + 2] = 0.0
-            sums[9] = 0.0
-            sums[10] = 0.0
+            x_low, a_low = np.inf, np.inf
+            x_high, a_high = -np.inf, -np.inf
+            x_sum = a_sum = x_squares = 0.0
         bin_count += 1
-        sums[0] = min(sums[0], x)
-        sums[1] = max(sums[1], x)
-        sums[2] += x
-        sums[3] = min(sums[3], average)
-        sums[4] = max(sums[4], average)
-        sums[5] += average
-        sums[6] = min(sums[6], regret)
-        sums[7] = max(sums[7], regret)
-        sums[8] += regret
-        sums[9] += x * x
-        sums[10] += average * average
+        x_low = min(x_low, x)
+        x_high = max(x_high, x)
+        x_sum += x
+        x_squares += x * x
+        a_low = min(a_low, average)
+        a_high = max(a_high, average)
+        a_sum += average
 
         step_lr, decay_power, decay_product, beta2_t = _step_constants(t, lr, inv_sqrt, decay, previous_power, beta2, beta2_code)
         if not settled1:
@@ -290,12 +284,13 @@ def _advance(
             settled2 = correction2 == 1.0
         factor = _adamx_factor(t, beta1, decay_power, previous_power) if max_code == 3 and decay != 1.0 else 1.0
         numerator, v_divisor, den_divisor = _step_numerator(step_lr, correction2, max_code, optimized_update)
-        neg_step = -(numerator / correction1)
+        neg_step = -(numerator / correction1) if correction1 != 1.0 else -numerator  # x / 1 is x
         x, m, v, v_max = _cell_step(
             x, m, v, v_max, g, beta1 * decay_power, (1.0 - beta2_t) * g, beta2_t, max_code, v_divisor, factor, neg_step, eps, den_divisor
         )
         previous_power = decay_power
 
+    sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6] = x_low, x_high, x_sum, a_low, a_high, a_sum, x_squares
     state[_X] = x
     state[_M] = m
     state[_V] = v

@@ -134,8 +134,8 @@ def synthetic_figure(results: Sequence[RunResult]) -> dict[str, Any]:
 def _envelope_of_trace(result: RunResult) -> Envelope:
     """A result without an envelope (made by hand): its recorded points, one per bin."""
     tr = result.trace
-    rows = np.stack([tr.x, tr.x, tr.x, tr.average_regret, tr.average_regret, tr.average_regret, tr.regret, tr.regret, tr.regret], axis=1)
-    return Envelope.from_rows(tr.step, tr.step, rows.reshape(-1, 9))
+    rows = np.stack([tr.x, tr.x, tr.x, np.zeros_like(tr.x), tr.average_regret, tr.average_regret, tr.average_regret], axis=1)
+    return Envelope.from_rows(tr.step, tr.step, rows.reshape(-1, 7))
 
 
 def draw_synthetic(data: dict[str, Any], path: str | Path, *, dpi: int | None = None, image_format: str | None = None) -> Path:
@@ -165,9 +165,9 @@ def _synthetic_figure(data: dict[str, Any]):
         t = envelope.middle
         for ax, low, high, mean, std in (
             (ax_x, envelope.x_min, envelope.x_max, envelope.x_mean, envelope.x_std),
-            (ax_regret, envelope.average_min, envelope.average_max, envelope.average_mean, envelope.average_std),
+            (ax_regret, envelope.average_min, envelope.average_max, envelope.average_mean, None),
         ):
-            if random_walk:  # within a bin, x_t wanders over much of [-1, 1]: show its spread, not its extremes
+            if random_walk and std is not None:  # x_t wanders over much of [-1, 1]: its spread, not its extremes
                 low, high = np.maximum(low, mean - std), np.minimum(high, mean + std)
             ax.fill_between(t, low, high, color=colour, alpha=band_alpha, lw=0)
             ax.plot(t, mean, color=colour, ls=style, lw=1.3 if len(data["runs"]) <= 3 else 1.1, label=label if ax is ax_x else None)
@@ -192,7 +192,8 @@ def _synthetic_figure(data: dict[str, Any]):
     ax_regret.set(ylabel="$R(t)/t$", title="average regret $R(t)/t$")
     handles, labels = ax_x.get_legend_handles_labels()
     handles.append(Patch(facecolor="0.55", alpha=0.35, lw=0))
-    labels.append("mean ± standard deviation over a bin of steps" if random_walk else "range over a bin of steps (line: its mean)")
+    labels.append("over a bin of steps: $x_t$'s mean ± standard deviation, $R(t)/t$'s range" if random_walk
+                  else "range over a bin of steps (line: its mean)")
     figure.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 3), frameon=False)
     figure.suptitle(_title(data["problem"], data["settings"], data["steps"], data.get("engine")), fontsize=8.5)
     return figure

@@ -1,4 +1,4 @@
-"""The torch engine: the library's own optimizer classes on a real torch parameter.
+"""The torch engine: the library's own optimizer classes (Adam, AMSGrad, AdamNC, AdamX) on a real torch parameter.
 
 This is the experiment as a user would write it: a float64 ``torch.nn.Parameter`` x, its
 gradient :math:`\\nabla f_t(x_t) = g_t` in ``x.grad`` (what ``(g_t * x).backward()`` puts
@@ -96,7 +96,7 @@ class TorchBatchRun:
         self.t = int(steps[-1])
         average = running / steps[:, None]
         for j, builder in enumerate(self._envelopes):
-            builder.add(first, x_seen[:, j], average[:, j], regret[:, j])
+            builder.add(first, x_seen[:, j], average[:, j])
         if record_every:
             rows = np.nonzero(steps % record_every == 0)[0]
             for j in range(len(self.problems)):
