@@ -87,10 +87,12 @@ def test_synthetic_prints_a_table_and_the_paths(run_cli, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_the_torch_engine_gives_the_fast_engines_numbers(run_cli):
-    fast = run_cli("synthetic", "--steps", "20000", "--schedule", "inv-sqrt", "--json", "--no-track")
-    exact = run_cli("synthetic", "--steps", "20000", "--schedule", "inv-sqrt", "--json", "--no-track", "--engine", "torch")
+@pytest.mark.parametrize("extra", [[], ["--optimizers", "adamnc", "adamx", "--beta1-decay", "0.999"]], ids=["default", "adamnc-adamx-decay"])
+def test_the_torch_engine_gives_the_fast_engines_numbers(run_cli, extra):
+    fast = run_cli("synthetic", "--steps", "20000", "--schedule", "inv-sqrt", "--json", "--no-track", *extra)
+    exact = run_cli("synthetic", "--steps", "20000", "--schedule", "inv-sqrt", "--json", "--no-track", "--engine", "torch", *extra)
     assert fast.returncode == exact.returncode == 0, fast.stderr + exact.stderr
+    assert len(fast.json()["results"]) == len(exact.json()["results"]) == 2
     for a, b in zip(fast.json()["results"], exact.json()["results"]):
         assert a["final_x"] == pytest.approx(b["final_x"], abs=1e-9)
         assert a["average_regret"] == pytest.approx(b["average_regret"], abs=1e-9)
