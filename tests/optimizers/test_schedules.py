@@ -138,3 +138,41 @@ def test_a_schedule_function_runs_multi_tensor_under_compile_and_tensor_steps_by
     assert kernels.implementation(group, (), compiling=True) == "foreach"
     default = amsgrad.AdamNC(make_params()).param_groups[0]
     assert kernels.implementation(default, (), compiling=True) == "tensor-steps"
+
+
+@pytest.mark.parametrize("make", [
+    lambda p, lr: amsgrad.AdamNC(p, lr=lr, beta1_decay=0.9, capturable=True),
+    lambda p, lr: amsgrad.AdamX(p, lr=lr, beta1_decay=0.9, capturable=True),
+], ids=["adamnc", "adamx"])
+def test_a_capturable_step_of_the_new_classes_reads_nothing_on_the_host(make, monkeypatch):
+    from .test_capturable_differentiable import NoHostReads, _forbidden
+
+    params = [p.detach().requires_grad_() for p in make_params(dtype=torch.float32)]
+    optimizer = make(params, torch.tensor(1e-2))
+    for method in ("item", "tolist", "__float__", "__bool__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, method, _forbidden(method))
+    counter = NoHostReads()
+    with counter:
+        for step in range(3):
+            for param, grad in zip(params, gradients(params, step)):
+                param.grad = grad
+            optimizer.step()
+    monkeypatch.undo()
+    assert counter.reads == []
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: amsgrad.AdamNC(p, lr=0.05, beta1_decay=0.9, differentiable=True),
+    lambda p: amsgrad.AdamX(p, lr=0.05, beta1_decay=0.9, differentiable=True),
+], ids=["adamnc", "adamx"])
+def test_the_differentiable_step_of_the_new_classes_passes_gradcheck(make):
+    def one_step(param, grad):
+        p = param.clone()
+        optimizer = make([p])
+        for scale in (1.0, -0.5):  # two steps: AdamX's factor applies from the second
+            p.grad = grad * scale
+            optimizer.step()
+        return p
+
+    inputs = (torch.randn(4, dtype=torch.float64, requires_grad=True), torch.randn(4, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(one_step, inputs)
