@@ -44,6 +44,7 @@ EXPERIMENT_MODULES = {
     "mlflow": "mlflow-skinny",
     "sqlalchemy": "sqlalchemy",
     "alembic": "alembic",
+    "distributed": "distributed",
 }
 
 
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", type=Path, metavar="FILE", help="where to write the figure (default: synthetic.FORMAT or sweep.FORMAT in RUN_DIR)")
     plot.add_argument("--json", action="store_true", help="print what was drawn as JSON on stdout")
     plot.set_defaults(handler=_plot, command_parser=plot)
+    _add_train(commands)
     return parser
 
 
@@ -227,6 +229,49 @@ def _dpi(text: str) -> int:
     if not (math.isfinite(value) and 10 <= value <= 2400):
         raise argparse.ArgumentTypeError(f"must be a number in [10, 2400], got {text!r}")
     return int(round(value))
+
+
+def _add_train(commands) -> None:
+    """``amsgrad train``: the paper's Section 5 on real data, a grid over (optimizer, α, β2, seed)."""
+    from .experiments.realdata.data import DATASETS
+    from .experiments.realdata.models import BETA2S, MODELS
+    from .experiments.variants import VARIANTS
+
+    train = commands.add_parser(
+        "train",
+        help="the paper's real-data experiments: logistic regression, MLP, CIFARNET, grid search",
+        description="Train the paper's models (Section 5) with each optimizer over a grid of step sizes α and β2 and several seeds, "
+        "on the data's standard files in --data-dir; print each optimizer's best grid point (mean ± std over seeds), plot "
+        "training and test loss against iterations (Figure 2), record the runs. The runs go to local worker processes, or to "
+        "a Dask cluster (--scheduler). Each finished run is saved at once in --out: the same command with the same --out "
+        "resumes a stopped or failed grid. Defaults per model: "
+        + "; ".join(f"{m.name}: lr {' '.join(f'{x:g}' for x in m.lrs)}, {m.steps:,} steps, seeds {' '.join(map(str, m.seeds))}" for m in MODELS.values())
+        + f"; beta2 {' '.join(f'{b:g}' for b in BETA2S)}. Example: amsgrad train --model logreg --dataset fashion-mnist",
+    )
+    what = train.add_argument_group("model and data")
+    what.add_argument("--model", choices=list(MODELS), default="logreg", help="; ".join(f"{m.name}: {m.summary}" for m in MODELS.values()) + " (default: %(default)s)")
+    what.add_argument("--dataset", choices=list(DATASETS), default="mnist", help="the files' format: MNIST/Fashion-MNIST IDX files or CIFAR-10's python batches (default: %(default)s)")
+    what.add_argument("--data-dir", type=Path, metavar="DIR", help="the folder with the data set's files (default: data/DATASET; `make data` fetches Fashion-MNIST and a 5,000-image MNIST subset)")
+    what.add_argument("--kernel-size", type=int, choices=(6, 5), default=6, help="CIFARNET's convolution kernels: 6 (the paper's) or 5 (TF-slim's) (default: %(default)s)")
+    grid = train.add_argument_group("grid")
+    grid.add_argument("--optimizers", nargs="+", choices=list(VARIANTS), default=["adam", "amsgrad"], metavar="NAME", help="any of: " + ", ".join(VARIANTS) + " (default: %(default)s)")
+    grid.add_argument("--lr", nargs="+", type=_positive, metavar="LR", help="step sizes α to search (default: the model's)")
+    grid.add_argument("--beta2", nargs="+", type=_beta, metavar="B2", help=f"values of β2 to search (default: {' '.join(f'{b:g}' for b in BETA2S)}, the paper's)")
+    grid.add_argument("--seeds", nargs="+", type=_integer(0), metavar="SEED", help="seeds of every grid point (default: the model's)")
+    grid.add_argument("--steps", type=_steps, help="optimizer steps of 128 examples per run (default: the model's)")
+    grid.add_argument("--eval-every", type=_steps, metavar="N", help="record the losses every N steps (default: the model's)")
+    grid.add_argument("--eval-size", type=_steps, metavar="N", help="evaluate on at most N test and N training examples (default: the model's)")
+    grid.add_argument("--select", choices=("train-loss", "test-loss", "test-accuracy"), default="train-loss", help="how the best grid point of each optimizer is chosen: lowest mean final training or test loss, or highest test accuracy (default: %(default)s)")
+    where = train.add_argument_group("where it runs")
+    where.add_argument("--workers", type=_integer(1), metavar="N", help="local worker processes (default: the machine's cores)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://10.0.0.5:8786, whose workers have this package and run one thread each (default: local processes)")
+    where.add_argument("--threads-per-run", type=_integer(1), metavar="N", help="torch threads of each run (default: cores / workers locally, 1 on a cluster)")
+    out = train.add_argument_group("output")
+    out.add_argument("--out", type=Path, metavar="DIR", help="folder for the runs, results, table and plots; an existing one is resumed (default: a new folder in ./runs)")
+    out.add_argument("--json", action="store_true", help="print the results as JSON, and nothing else, on stdout")
+    out.add_argument("--no-track", action="store_true", help="do not record runs with MLflow")
+    out.add_argument("--experiment", metavar="NAME", help="MLflow experiment name (default: train)")
+    train.set_defaults(handler=_train, command_parser=train)
 
 
 def _version() -> str:
@@ -261,7 +306,7 @@ def _prepare_out(out: Path, parser: argparse.ArgumentParser) -> None:
 
 
 def _check_cost(cost, parser: argparse.ArgumentParser, out: Path, tracked: bool, size_argument: str,
-                record_every: int | None = None) -> None:
+                record_every: int | None = None, record_argument: str = "--record-every") -> None:
     """Refuse a job this machine cannot do (one line naming the argument); say what a big one costs."""
     from .experiments import cost as job_cost
     from .experiments.mlflow_store import sqlite_path
@@ -270,7 +315,7 @@ def _check_cost(cost, parser: argparse.ArgumentParser, out: Path, tracked: bool,
     store = sqlite_path(tracking_uri()) if tracked else None
     try:
         job_cost.check(cost, out, None if store is None else store.parent, record_every=record_every,
-                       size_argument=size_argument)
+                       size_argument=size_argument, record_argument=record_argument)
     except job_cost.JobRefused as refused:
         parser.error(f"argument {refused.argument}: {refused}")
     if sys.stderr.isatty():
@@ -557,8 +602,181 @@ def _plot(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> in
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- amsgrad train
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> int:
+    import numpy as np
+
+    from . import __version__
+    from .experiments import cost as job_cost
+    from .experiments.realdata import summary
+    from .experiments.realdata.data import DATASETS, DataError, load_dataset
+    from .experiments.realdata.grid import default_configs, load_finished, run_grid
+    from .experiments.realdata.training import HISTORY_KEYS, measure, prepare
+    from .experiments.report import write_json, write_text
+    from .experiments.stopping import Abort
+    from .experiments.tracking import open_tracker
+
+    import torch
+
+    try:
+        configs = default_configs(
+            args.model, args.optimizers, args.lr, args.beta2, args.seeds, args.steps,
+            kernel_size=args.kernel_size,
+            **{k: v for k, v in (("eval_every", args.eval_every), ("eval_size", args.eval_size)) if v is not None},
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    data_dir = args.data_dir if args.data_dir is not None else Path("data") / args.dataset
+    try:
+        data = load_dataset(args.dataset, data_dir)
+    except DataError as error:
+        hint = "" if args.data_dir is not None else f"; put {DATASETS[args.dataset]['label']}'s files there or pass --data-dir (make data fetches Fashion-MNIST and 5,000 MNIST images)"
+        parser.error(f"data: {error}{hint}")
+    if configs[0].batch_size > len(data.train_labels):
+        parser.error(f"data: {data_dir} has {len(data.train_labels)} training images, fewer than a minibatch of {configs[0].batch_size}")
+    out = _out_dir(args, f"train-{args.model}-{args.dataset}")
+    select = args.select.replace("-", "_")
+    tracked = not args.no_track
+
+    # The cost, from a few real steps here, before anything starts; a job too big is refused.
+    fingerprint = data.fingerprint()
+    todo = [c for c in configs if load_finished(out, c, fingerprint) is None]
+    workers = None if args.scheduler is not None else (args.workers or os.cpu_count() or 1)  # None: a cluster's
+    threads = args.threads_per_run or (max(1, (os.cpu_count() or 1) // workers) if workers else 1)
+    per_run = (0.0, 0.0)
+    if todo and not stop():
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            per_run = measure(todo[0], prepare(data))
+        finally:
+            torch.set_num_threads(previous)
+    cost = job_cost.train_cost(todo, *per_run, workers=workers, data_bytes=data.nbytes, tracked=tracked)
+    _check_cost(cost, parser, out, tracked=tracked, size_argument="--steps", record_every=configs[0].record_every, record_argument="--eval-every")
+    _prepare_out(out, parser)
+    if not args.json and sys.stderr.isatty():
+        print(f"{parser.prog}: {data.describe()}; {len(configs) - len(todo)} of {len(configs)} runs already in {out}", file=sys.stderr)
+
+    tracker = open_tracker(args.experiment or "train", enabled=tracked)
+    versions = {"amsgrad_version": __version__, "torch_version": torch.__version__}
+    first = configs[0]
+    grid_params = {
+        "model": args.model, "dataset": args.dataset, "data": data.describe(), "data_fingerprint": fingerprint,
+        "optimizers": ",".join(dict.fromkeys(c.optimizer for c in configs)), "lrs": ",".join(f"{x:g}" for x in dict.fromkeys(c.lr for c in configs)),
+        "beta2s": ",".join(f"{x:g}" for x in dict.fromkeys(c.beta2 for c in configs)), "seeds": ",".join(str(x) for x in dict.fromkeys(c.seed for c in configs)),
+        "steps": first.steps, "batch_size": first.batch_size, "beta1": first.beta1, "eps": first.eps, "schedule": first.resolved_schedule,
+        "kernel_size": args.kernel_size if args.model == "cifarnet" else None, "eval_every": first.record_every, "eval_size": first.eval_size,
+        "select": select, "scheduler": args.scheduler or "local", **versions,
+    }
+    progress = _Progress(sum(c.steps for c in todo), unit="step")
+    done_steps: dict[str, int] = {}
+    outcome = None
+    plots: list[str] = []
+    aborted = False
+
+    def on_progress(key: str, step: int, steps: int) -> None:
+        progress.update(step - done_steps.get(key, 0))
+        done_steps[key] = step
+
+    def on_result(result) -> None:  # each run, as it arrives: a child of the grid's run
+        c = result.config
+        handle = tracker.start_run(
+            c.label, {**c.to_dict(), "schedule": c.resolved_schedule, "dataset": args.dataset, "data_fingerprint": fingerprint, **versions},
+            description=f"{c.label}: {args.model} on {data.describe()}, {c.steps:,} steps", tags={"optimizer": c.optimizer, "key": c.key()}, parent=parent,
+        )
+        history = result.history
+        tracker.log_metrics(handle, np.asarray(history["step"]), {k: np.asarray(history[k], dtype=np.float64) for k in HISTORY_KEYS if k != "step"})
+        tracker.log_metrics(handle, np.array([result.steps_done]), {"seconds": np.array([result.seconds])})
+        tracker.finish(handle, "FINISHED" if result.completed else "KILLED")
+
+    def document() -> dict:
+        results = outcome.results if outcome is not None else []
+        found = summary.results_document(results, select) if results else {"select": select, "results": [], "grid": []}
+        return {
+            "model": args.model, "dataset": args.dataset, "data": data.describe(), "data_dir": str(data_dir), "steps": first.steps,
+            **found, "failed": outcome.failed if outcome else [], "completed": bool(outcome and outcome.completed and not stop()),
+            "stopped_by": stop.signal_name, "resumed": outcome.resumed if outcome else 0, "runs_in_grid": len(configs),
+            "plot": plots[0] if plots else None, "plots": plots, "out": str(out), "workers": outcome.workers if outcome else 0,
+            "scheduler": args.scheduler, "cost": cost.as_dict(), "runs": tracker.describe_runs()[:1],
+            "child_runs": max(0, len(tracker.describe_runs()) - 1), "tracking_error": tracker.error, **versions,
+        }
+
+    try:
+        parent = None
+        if not stop():
+            parent = tracker.start_run(f"{args.model} on {args.dataset}", grid_params, description=f"grid search of {grid_params['optimizers']} on {args.model}, {data.describe()}", tags={"grid": "parent"})
+            outcome = run_grid(configs, data, out, scheduler=args.scheduler, workers=args.workers, threads_per_run=args.threads_per_run, should_stop=stop, on_result=on_result, on_progress=on_progress)
+        progress.close()
+        for failure in outcome.failed if outcome else []:
+            c = failure["config"]
+            handle = tracker.start_run(f"{c['optimizer']} lr={c['lr']:g} beta2={c['beta2']:g} seed={c['seed']} (failed)", {**c, **versions}, description=failure["error"], tags={"key": failure["key"]}, parent=parent)
+            tracker.finish(handle, "FAILED")
+
+        results = outcome.results if outcome else []
+        table = summary.results_table(results, select) if results else "no finished runs"
+        write_text(out / "results.txt", table)
+        write_json(out / "results.json", document())
+        if any(p.completed for p in summary.grid_points(results)):
+            from .experiments.realdata.plots import plot_losses
+
+            from .experiments.realdata.models import MODELS
+
+            name = MODELS[args.model].label + (f" ({args.kernel_size}x{args.kernel_size} kernels)" if args.model == "cifarnet" else "")
+            title = f"{name} on {data.label} ({len(data.train_labels):,} training images)\nbest α and β2 of each optimizer (by final {args.select.replace('-', ' ')}); mean ± std over seeds"
+            for suffix in ("png", "pdf"):
+                plots.append(_save_plot(lambda path: plot_losses(results, [path], title=title, select=select), out / f"losses.{suffix}"))
+        for row in document()["results"]:
+            tracker.log_metrics(parent, np.array([0]), {f"{row['optimizer']}.{k}": np.array([np.nan if row[k] is None else row[k]]) for k in row if k.startswith("final_")})
+        write_json(out / "results.json", document())
+        for path in [*plots, str(out / "results.json"), str(out / "results.txt")]:
+            tracker.log_artifact(parent, path)
+        tracker.finish(parent, "KILLED" if stop() else ("FAILED" if outcome is not None and outcome.failed else "FINISHED"))
+        tracker.close(should_stop=stop)
+    except Abort:
+        aborted = True
+        tracker.abort()
+    finally:
+        progress.close()
+
+    final = document()
+    write_json(out / "results.json", final)
+    results = outcome.results if outcome else []
+    if args.json:
+        print(json.dumps(final, indent=2))
+    else:
+        schedule = "lr/sqrt(t)" if first.resolved_schedule == "inv-sqrt" else "constant"
+        lines = [
+            f"{args.model} on {data.describe()}",
+            f"{first.steps:,} steps of {first.batch_size}, beta1 {first.beta1:g}, step size {schedule}; best grid point of each optimizer by {args.select}, mean ± std over seeds",
+            "",
+            summary.results_table(results, select) if results else "no finished runs",
+            "",
+            *(f"failed   {f['key']}: {f['error']}" for f in final["failed"]),
+            f"plots    {', '.join(plots) if plots else 'not drawn'}",
+            f"results  {out / 'results.json'}; each run in {out / 'runs'} (the same command with this --out resumes)",
+            *_tracking_lines_grid(tracker),
+        ]
+        print("\n".join(lines))
+    if final["failed"] and not stop():
+        _warn(parser.prog, f"{len(final['failed'])} run(s) failed; the same command with --out {out} runs them again")
+        status = _exit_status(parser.prog, tracker, stop, aborted, out)
+        return status if status != EXIT_OK else EXIT_TRACKING
+    return _exit_status(parser.prog, tracker, stop, aborted, out)
+
+
+def _tracking_lines_grid(tracker) -> list[str]:
+    if not tracker.enabled:
+        return ["runs     not recorded (--no-track)"]
+    runs = tracker.describe_runs()
+    if not runs:
+        return ["runs     not recorded (see the warning below)"]
+    parent = runs[0]
+    where = parent.get("url") or f"{parent['run_id']} in {tracker.uri}"
+    return [f"runs     {parent['name']}: {where}, experiment {tracker.experiment!r}, with {len(runs) - 1} child runs"]
+
+
 # ---------------------------------------------------------------------- entry point
-_TRACKED_COMMANDS = ("synthetic", "sweep")
+_TRACKED_COMMANDS = ("synthetic", "sweep", "train")
 
 
 def _may_track(argv: list[str]) -> bool:
@@ -602,7 +820,7 @@ def _run(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command_parser = args.command_parser
-    with StopOnSignal(on_first=stderr_note(command_parser.prog)) as stop:
+    with StopOnSignal(on_first=stderr_note(command_parser.prog), ignore_after_stop=True) as stop:
         try:
             return args.handler(args, command_parser, stop)
         except Abort:  # a second signal outside the commands' own handling: nothing left to close

@@ -187,3 +187,18 @@ def test_ctrl_c_in_a_library_sweep_raises_with_the_steps_done(tmp_path):
     assert process.returncode == 0 and "Error" not in stderr, stderr
     word, steps_done, cells = stdout.split()
     assert word == "interrupted" and 0 < int(steps_done) < 10_000_000 and int(cells) == 128 * 128
+
+
+def test_signals_after_a_stop_are_ignored_until_the_command_exits():
+    code = (
+        "import os, signal, sys\n"
+        "from amsgrad.experiments.stopping import StopOnSignal\n"
+        "with StopOnSignal(ignore_after_stop=True) as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):\n"
+        "    os.kill(os.getpid(), signum)  # late: the command is on its way out\n"
+        "sys.exit(stop.exit_status)\n"
+    )
+    done = subprocess.run([COMMAND[0], "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.returncode == 130 and done.stderr == ""

@@ -26,8 +26,10 @@ A map of the package:
 * :mod:`~amsgrad.experiments.cost` — a job's cost, estimated before it starts, and its limits.
 * :mod:`~amsgrad.experiments.stopping` — how long jobs stop on SIGINT/SIGTERM: a flag checked
   between chunks of work.
+* :mod:`~amsgrad.experiments.realdata` — the paper's Section 5: real data, its three models,
+  a grid search on Dask distributed (``amsgrad train``).
 
-The command line (``amsgrad synthetic``, ``amsgrad sweep``) is a thin layer over these, in
+The command line (``amsgrad synthetic``, ``amsgrad sweep``, ``amsgrad train``) is a thin layer over these, in
 :mod:`amsgrad.cli`.
 
 >>> from amsgrad.experiments import make_problem, simulate, variant, Settings

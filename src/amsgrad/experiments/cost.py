@@ -25,7 +25,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["MAX_STEPS", "MAX_TRACKED_VALUES", "JobCost", "JobRefused", "synthetic_cost", "sweep_cost", "check",
+__all__ = ["MAX_STEPS", "MAX_TRACKED_VALUES", "JobCost", "JobRefused", "synthetic_cost", "sweep_cost", "train_cost", "check",
            "available_memory"]
 
 #: Steps are counted, and regrets summed, in float64: integers are exact up to 2^53.
@@ -123,6 +123,32 @@ def sweep_cost(steps: int, cells: int, variants: int, tracked: bool) -> JobCost:
     )
 
 
+#: Metric values a training run records at each record (train_loss, test_loss, the accuracies, batch_loss).
+TRAIN_METRICS_PER_RECORD = 5
+
+
+def train_cost(configs, step_seconds: float, record_seconds: float, workers: int | None, data_bytes: int, tracked: bool) -> JobCost:
+    """The cost of training runs (:class:`~.realdata.training.TrainConfig`), from a step and a
+    record timed here (:func:`~.realdata.training.measure`).
+
+    The runs share ``workers`` local processes; on a cluster (``workers=None``) the time is
+    that of one worker. Each worker keeps the data set as float32 (4x its ``uint8`` bytes).
+    """
+    records = sum(c.steps // c.record_every + 1 for c in configs)
+    seconds = sum(c.steps for c in configs) * step_seconds + records * record_seconds
+    values = TRAIN_METRICS_PER_RECORD * records if tracked else 0
+    return JobCost(
+        runs=len(configs),
+        steps=sum(c.steps for c in configs),
+        seconds=seconds / (workers or 1),
+        recorded_points=0,
+        trace_bytes=0,
+        tracked_values=values,
+        tracked_bytes=values * TRACKED_BYTES_PER_VALUE,
+        memory_bytes=(workers or 0) * 5 * data_bytes if configs else 0,
+    )
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to a new job (Linux ``MemAvailable``), else None."""
     try:
@@ -149,18 +175,17 @@ def _free_disk(path: Path) -> int | None:
 
 
 def check(cost: JobCost, out: Path, store: Path | None, record_every: int | None = None,
-          size_argument: str = "--steps") -> None:
+          size_argument: str = "--steps", record_argument: str = "--record-every") -> None:
     """Raise :class:`JobRefused` if the job cannot run on this machine (see the module's list).
 
     ``store`` is the folder of a local MLflow database (None for a server or no tracking);
-    ``record_every`` the job's ``--record-every``, to suggest a value that would fit.
+    ``record_every`` the job's ``--record-every`` (``record_argument``), to suggest a value that would fit.
     """
-    record_argument = "--record-every"
 
     def less_often(factor: int) -> str:
         if record_every is None:
             return f"record {factor}x less often"
-        return f"use --record-every {record_every * factor:,} or more"
+        return f"use {record_argument} {record_every * factor:,} or more"
 
     per_run = cost.steps // max(cost.cells or cost.runs, 1)
     if per_run > MAX_STEPS:

@@ -62,12 +62,15 @@ class StopOnSignal:
     Args:
         on_first: called (in the main thread) when the first signal arrives, e.g. to print
             "stopping…" on a terminal.
+        ignore_after_stop: once a signal has arrived, leave the handlers in place when the
+            ``with`` ends, ignoring any later signal (for a command that is about to exit).
     """
 
-    def __init__(self, on_first: Callable[[int], None] | None = None):
+    def __init__(self, on_first: Callable[[int], None] | None = None, ignore_after_stop: bool = False):
         self.signum: int | None = None
         self.aborted = False
         self._on_first = on_first
+        self._ignore_after_stop = ignore_after_stop
         self._previous: dict[int, Any] = {}
 
     def __call__(self) -> bool:
@@ -100,6 +103,11 @@ class StopOnSignal:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        if self._ignore_after_stop and self.signum is not None:
+            # A stopped command is ending: later signals find the handler, which now ignores them,
+            # rather than Python's default, which would end the process with a traceback or a signal.
+            self.aborted = True
+            return
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
