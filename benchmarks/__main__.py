@@ -11,7 +11,7 @@ import importlib.util
 import sys
 
 #: Benchmarks run by default, in order; one whose module is missing is skipped.
-BENCHMARKS = ["optimizer_step", "compiled_step", "synthetic", "train_step"]
+BENCHMARKS = ["optimizer_step", "compiled_step", "synthetic", "sweep", "train_step"]
 
 
 def _load(name: str):
