@@ -12,7 +12,7 @@ import sys
 
 #: Benchmarks run by default, in order; one whose module is missing is skipped.
 BENCHMARKS = ["optimizer_step", "compiled_step", "low_memory", "low_memory_training", "quantization_maps", "synthetic",
-              "train_step"]
+              "sweep", "train_step"]
 
 
 def _load(name: str):

@@ -1,11 +1,11 @@
-"""Exact, fast, checkpoint-safe AMSGrad and Adam for PyTorch.
+"""Exact, fast, checkpoint-safe AMSGrad and Adam for PyTorch, and the paper's AdamNC and AdamX.
 
 The public names are imported on first use, so that ``import amsgrad`` is instant and the
 ``amsgrad`` command's experiments, which do not need torch, do not pay for importing it.
 
 >>> import amsgrad
 >>> sorted(amsgrad.__all__)
-['AMSGrad', 'Adam', 'GenericAdaptiveOptimizer', 'NonFiniteGradientError', 'WeightDecay']
+['AMSGrad', 'Adam', 'AdamNC', 'AdamX', 'GenericAdaptiveOptimizer', 'NonFiniteGradientError', 'WeightDecay']
 >>> amsgrad.AMSGrad.__module__
 'amsgrad.optimizers.amsgrad'
 """
@@ -23,13 +23,15 @@ _EXPORTS = {
     "WeightDecay": "amsgrad.optimizers.weight_decay",
     "Adam": "amsgrad.optimizers.adam",
     "AMSGrad": "amsgrad.optimizers.amsgrad",
+    "AdamNC": "amsgrad.optimizers.adamnc",
+    "AdamX": "amsgrad.optimizers.adamx",
     "NonFiniteGradientError": "amsgrad.optimizers.nonfinite",
 }
 
-__all__ = ["GenericAdaptiveOptimizer", "WeightDecay", "Adam", "AMSGrad", "NonFiniteGradientError"]
+__all__ = ["GenericAdaptiveOptimizer", "WeightDecay", "Adam", "AMSGrad", "AdamNC", "AdamX", "NonFiniteGradientError"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
-    from .optimizers import AMSGrad, Adam, GenericAdaptiveOptimizer, WeightDecay
+    from .optimizers import AMSGrad, Adam, AdamNC, AdamX, GenericAdaptiveOptimizer, WeightDecay
     from .optimizers.nonfinite import NonFiniteGradientError
 
 

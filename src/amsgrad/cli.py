@@ -1,9 +1,11 @@
 """The ``amsgrad`` command: the paper's synthetic experiments, tracked and plotted.
 
-``amsgrad synthetic`` runs Adam and AMSGrad on one of the paper's problems and prints a table;
-``amsgrad sweep`` maps a grid of (β1, β2). Both save their results, table and plot to
-``--out`` and record runs with MLflow (``--no-track`` to skip). The work is done by the pure
-functions of :mod:`amsgrad.experiments`; this module only parses, reports and records.
+``amsgrad synthetic`` runs Adam and AMSGrad (or AdamNC, AdamX, the variants) on one of the
+paper's problems and prints a table; ``amsgrad sweep`` maps a grid of (β1, β2). Both save
+their results, table, plot (PNG, SVG or PDF) and the plot's data to ``--out`` and record runs
+with MLflow (``--no-track`` to skip); ``amsgrad plot RUN_DIR`` draws a saved run's figure
+again. The work is done by the pure functions of :mod:`amsgrad.experiments`; this module only
+parses, reports and records.
 
 Before a job starts its cost is estimated (:mod:`amsgrad.experiments.cost`), and a job this
 machine cannot do is refused. While it runs, SIGINT (Ctrl-C), SIGTERM and SIGHUP stop it
@@ -122,6 +124,7 @@ def _integer(low: int):
 
 _positive = _number(0.0, None, low_open=True)
 _non_negative = _number(0.0, None)
+_decay = _number(0.0, 1.0, low_open=True)
 _beta = _number(0.0, 1.0, high_open=True)
 _probability = _number(0.0, 1.0, low_open=True, high_open=True)
 
@@ -141,6 +144,7 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``amsgrad`` argument parser, with its ``synthetic`` and ``sweep`` subcommands."""
+    from .experiments.plotting import DEFAULT_DPI, FORMATS
     from .experiments.problems import SETTINGS
     from .experiments.simulate import ENGINES
     from .experiments.variants import SCHEDULES, VARIANTS
@@ -166,11 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
         opt.add_argument("--eps", type=_non_negative, default=1e-16, help="ε̂ (ε with --standard-update), as amsgrad.Adam's eps (default: %(default)s)")
         opt.add_argument("--schedule", choices=SCHEDULES, default="constant", help="α_t = α, or α/√t as in the paper's theorems (default: %(default)s)")
         opt.add_argument("--standard-update", action="store_true", help="optimized_update=False: torch.optim's form, ε added to the corrected √v")
+        opt.add_argument("--beta1-decay", type=_decay, default=1.0, metavar="LAMBDA", help="β1,t = β1·λ^(t-1), the paper's Corollary 1; bias correction 1 - ∏ β1,k (default: %(default)s, a constant β1)")
         out = p.add_argument_group("output")
         out.add_argument("--out", type=Path, metavar="DIR", help="folder for the results, table and plot (default: a new folder in ./runs)")
         out.add_argument("--json", action="store_true", help="print the results as JSON, and nothing else, on stdout")
         out.add_argument("--no-track", action="store_true", help="do not record runs with MLflow")
         out.add_argument("--experiment", metavar="NAME", help="MLflow experiment name (default: the command's name)")
+        figure_options(out)
+
+    def figure_options(group) -> None:
+        group.add_argument("--format", choices=FORMATS, default="png", help="the plot's file format (default: %(default)s)")
+        group.add_argument("--dpi", type=_dpi, default=DEFAULT_DPI, help=f"resolution of a PNG, and of the heatmaps inside SVG/PDF, in [10, 2400] (default: {DEFAULT_DPI})")
 
     synthetic = commands.add_parser(
         "synthetic",
@@ -195,14 +205,36 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--beta2-range", nargs=2, type=_beta, default=[0.5, 0.9999], metavar=("LOW", "HIGH"), help="β2 from LOW to HIGH, 1-β2 evenly spaced on a log scale (default: 0.5 0.9999)")
     sweep.add_argument("--metric", choices=("final-x", "average-regret"), default="final-x", help="what the heatmaps show (default: %(default)s)")
     sweep.set_defaults(handler=_sweep, command_parser=sweep)
+
+    plot = commands.add_parser(
+        "plot",
+        help="draw a saved run's figure again (another format, resolution or metric)",
+        description="Draw the figure of a folder written by amsgrad synthetic or amsgrad sweep again, from the figure.json saved there, without running anything. Example: amsgrad plot runs/sweep-20261126-104700 --format pdf --metric average-regret",
+    )
+    plot.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by amsgrad synthetic or amsgrad sweep (its --out)")
+    figure_options(plot)
+    plot.add_argument("--metric", choices=("final-x", "average-regret"), help="a sweep's heatmaps: final x or R(T)/T (default: as the sweep drew them)")
+    plot.add_argument("--out", type=Path, metavar="FILE", help="where to write the figure (default: synthetic.FORMAT or sweep.FORMAT in RUN_DIR)")
+    plot.add_argument("--json", action="store_true", help="print what was drawn as JSON on stdout")
+    plot.set_defaults(handler=_plot, command_parser=plot)
     _add_train(commands)
     return parser
+
+
+def _dpi(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [10, 2400], got {text!r}") from None
+    if not (math.isfinite(value) and 10 <= value <= 2400):
+        raise argparse.ArgumentTypeError(f"must be a number in [10, 2400], got {text!r}")
+    return int(round(value))
 
 
 def _add_train(commands) -> None:
     """``amsgrad train``: the paper's Section 5 on real data, a grid over (optimizer, α, β2, seed)."""
     from .experiments.realdata.data import DATASETS
-    from .experiments.realdata.models import BETA2S, MODELS
+    from .experiments.realdata.protocol import BETA2S, MODELS
     from .experiments.variants import VARIANTS
 
     train = commands.add_parser(
@@ -380,7 +412,8 @@ def _synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) 
 
     problem = _problem(args, parser)
     betas = tuple(args.betas) if args.betas else (theorem1_betas(problem.spike) if problem.setting == "theorem1" else (0.9, 0.99))
-    settings = Settings(lr=args.lr, betas=betas, eps=args.eps, optimized_update=not args.standard_update, schedule=args.schedule)
+    settings = Settings(lr=args.lr, betas=betas, eps=args.eps, optimized_update=not args.standard_update, schedule=args.schedule,
+                        beta1_decay=args.beta1_decay)
     variants = [variant(name) for name in dict.fromkeys(args.optimizers)]
     out = _out_dir(args, "synthetic")
     cost = job_cost.synthetic_cost(args.steps, len(variants), args.record_every, args.engine, tracked=not args.no_track)
@@ -390,7 +423,7 @@ def _synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) 
     tracker = open_tracker(args.experiment or "synthetic", enabled=not args.no_track)
     progress = _Progress(args.steps * len(variants), unit="step")
     trace_file = report.TraceWriter(out / "trace.csv")
-    plot_path = out / "synthetic.png"
+    plot_path = out / f"synthetic.{args.format}"
     results: list = []
     plot: str | None = None
     aborted = False
@@ -436,7 +469,7 @@ def _synthetic(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) 
         if results:
             from .experiments.plotting import plot_synthetic
 
-            plot = _save_plot(lambda path: plot_synthetic(results, path), plot_path)
+            plot = _save_plot(lambda path: plot_synthetic(results, path, dpi=args.dpi), plot_path)
         status = "KILLED" if stop() else "FINISHED"
         for handle in handles:
             if plot is not None:
@@ -476,7 +509,8 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> i
         if low > high:
             parser.error(f"argument {name}: LOW must not exceed HIGH, got {low:g} {high:g}")
     problem = _problem(args, parser)
-    settings = Settings(lr=args.lr, eps=args.eps, optimized_update=not args.standard_update, schedule=args.schedule)
+    settings = Settings(lr=args.lr, eps=args.eps, optimized_update=not args.standard_update, schedule=args.schedule,
+                        beta1_decay=args.beta1_decay)
     variants = [variant(name) for name in dict.fromkeys(args.optimizers)]
     out = _out_dir(args, "sweep")
     cost = job_cost.sweep_cost(args.steps, rows * columns, len(variants), tracked=not args.no_track)
@@ -489,7 +523,7 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> i
     tracker = open_tracker(args.experiment or "sweep", enabled=not args.no_track)
     label = " vs ".join(v.label for v in variants)
     progress = _Progress(rows * columns * len(variants), unit="run")
-    plot_path = out / "sweep.png"
+    plot_path = out / f"sweep.{args.format}"
     result = SweepResult(problem, settings, args.steps, beta1s, beta2s, variants)
     plot: str | None = None
     aborted = False
@@ -515,7 +549,7 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> i
         if result.final_x:
             from .experiments.plotting import plot_sweep
 
-            plot = _save_plot(lambda path: plot_sweep(result, path, metric), plot_path)
+            plot = _save_plot(lambda path: plot_sweep(result, path, metric, dpi=args.dpi), plot_path)
         for s in result.summary():
             cells = max(s["cells"], 1)
             values = {"near_optimum_fraction": s["near_optimum"] / cells, "at_plus_one_fraction": s["at_plus_one"] / cells, "median_final_x": s["median_final_x"], "median_average_regret": s["median_average_regret"], "seconds": s["seconds"]}
@@ -539,6 +573,33 @@ def _sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> i
     )
     _print_document(args, final, problem, heading, report.sweep_table(result), out, tracker)
     return _exit_status(parser.prog, tracker, stop, aborted, out)
+
+
+# ---------------------------------------------------------------------- amsgrad plot
+def _plot(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> int:
+    from .experiments.plotting import load_figure_data, redraw
+
+    try:
+        data = load_figure_data(args.run_dir)
+    except ValueError as error:
+        parser.error(f"argument RUN_DIR: {error}")
+    metric = args.metric.replace("-", "_") if args.metric else None
+    if metric is not None and data["kind"] != "sweep":
+        parser.error(f"argument --metric: applies to a sweep's figure, and {str(args.run_dir)!r} holds a synthetic run's")
+    target = args.out if args.out is not None else args.run_dir / f"{data['kind']}.{args.format}"
+    if args.out is not None and target.suffix.lstrip(".").lower() not in ("", args.format):
+        parser.error(f"argument --out: {str(target)!r} does not end in .{args.format} (the --format)")
+    if not target.parent.is_dir():
+        parser.error(f"argument --out: no folder {str(target.parent)!r}")
+    try:
+        path = _save_plot(lambda scratch: redraw(args.run_dir, args.format, dpi=args.dpi, metric=metric, out=scratch), target)
+    except OSError as error:
+        parser.error(f"argument --out: cannot write to {str(target)!r} ({error.strerror or error})")
+    if args.json:
+        print(json.dumps({"kind": data["kind"], "plot": path, "format": args.format, "dpi": args.dpi, "metric": metric or data.get("metric")}, indent=2))
+    else:
+        print(f"plot     {path}")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------- amsgrad train
@@ -658,7 +719,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, stop) -> i
         if any(p.completed for p in summary.grid_points(results)):
             from .experiments.realdata.plots import plot_losses
 
-            from .experiments.realdata.models import MODELS
+            from .experiments.realdata.protocol import MODELS
 
             name = MODELS[args.model].label + (f" ({args.kernel_size}x{args.kernel_size} kernels)" if args.model == "cifarnet" else "")
             title = f"{name} on {data.label} ({len(data.train_labels):,} training images)\nbest α and β2 of each optimizer (by final {args.select.replace('-', ' ')}); mean ± std over seeds"

@@ -87,10 +87,12 @@ def test_synthetic_prints_a_table_and_the_paths(run_cli, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_the_torch_engine_gives_the_fast_engines_numbers(run_cli):
-    fast = run_cli("synthetic", "--steps", "20000", "--schedule", "inv-sqrt", "--json", "--no-track")
-    exact = run_cli("synthetic", "--steps", "20000", "--schedule", "inv-sqrt", "--json", "--no-track", "--engine", "torch")
+@pytest.mark.parametrize("extra", [[], ["--optimizers", "adamnc", "adamx", "--beta1-decay", "0.999"]], ids=["default", "adamnc-adamx-decay"])
+def test_the_torch_engine_gives_the_fast_engines_numbers(run_cli, extra):
+    fast = run_cli("synthetic", "--steps", "20000", "--schedule", "inv-sqrt", "--json", "--no-track", *extra)
+    exact = run_cli("synthetic", "--steps", "20000", "--schedule", "inv-sqrt", "--json", "--no-track", "--engine", "torch", *extra)
     assert fast.returncode == exact.returncode == 0, fast.stderr + exact.stderr
+    assert len(fast.json()["results"]) == len(exact.json()["results"]) == 2
     for a, b in zip(fast.json()["results"], exact.json()["results"]):
         assert a["final_x"] == pytest.approx(b["final_x"], abs=1e-9)
         assert a["average_regret"] == pytest.approx(b["average_regret"], abs=1e-9)
@@ -115,6 +117,10 @@ BAD_INPUT = [
     (["--schedule", "cosine"], "argument --schedule: invalid choice: 'cosine'"),
     (["--setting", "periodic", "--C", "100"], "the average gradient must be > 0"),
     (["--out", "a-file/results"], "argument --out: cannot write to 'a-file/results'"),
+    (["--beta1-decay", "0"], "argument --beta1-decay: must be a number in (0, 1], got '0'"),
+    (["--beta1-decay", "1.5"], "argument --beta1-decay: must be a number in (0, 1], got '1.5'"),
+    (["--format", "jpg"], "argument --format: invalid choice: 'jpg'"),
+    (["--dpi", "5"], "argument --dpi: must be a number in [10, 2400], got '5'"),
 ]
 
 
@@ -149,6 +155,9 @@ def test_bad_input_from_the_shell(run_cli):
         (["sweep", "--beta1-range", "0", "1"], "argument --beta1-range: must be a number in [0, 1)"),
         (["sweep", "--metric", "loss"], "argument --metric: invalid choice: 'loss'"),
         (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+        (["plot", "no-such-folder"], "argument RUN_DIR: no-such-folder has no figure.json"),
+        (["plot"], "the following arguments are required: RUN_DIR"),
+        (["sweep", "--beta1-decay", "nan"], "argument --beta1-decay: must be a number in (0, 1], got 'nan'"),
         ([], "the following arguments are required: COMMAND"),
     ],
 )
@@ -170,7 +179,8 @@ def test_help_lists_the_options(capsys):
         main(["synthetic", "--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--setting", "--steps", "--lr", "--betas", "--eps", "--schedule", "--optimizers", "--engine", "--out", "--json", "--no-track"):
+    for option in ("--setting", "--steps", "--lr", "--betas", "--eps", "--schedule", "--optimizers", "--engine", "--out", "--json", "--no-track",
+                   "--beta1-decay", "--format", "--dpi", "adamnc", "adamx"):
         assert option in out
 
 
@@ -223,3 +233,32 @@ def test_progress_bar_shows_on_a_terminal_and_only_there(tmp_path):
     assert process.returncode == 0, terminal
     assert "%|" in terminal  # tqdm's bar, on stderr
     assert "%|" not in stdout.decode() and "AMSGrad" in stdout.decode()  # the table stays clean
+
+
+def test_the_new_algorithms_beta1_decay_and_another_format(run_cli, tmp_path):
+    done = run_cli("synthetic", "--steps", "1e6", "--optimizers", "adam", "amsgrad", "adamnc", "adamx", "--beta1-decay", "0.9999",
+                   "--format", "pdf", "--dpi", "120", "--json", "--no-track", "--out", "out")
+    assert done.returncode == 0, done.stderr
+    document = done.json()
+    assert document["settings"]["beta1_decay"] == 0.9999
+    results = {r["optimizer"]: r for r in document["results"]}
+    assert list(results) == ["adam", "amsgrad", "adamnc", "adamx"] and results["adamx"]["label"] == "AdamX"
+    assert all(r["steps_per_second"] > 0 for r in results.values())
+    assert results["adam"]["final_x"] == 1.0 and results["adamx"]["final_x"] < -0.95  # measured: -0.9775
+    assert document["plot"] == "out/synthetic.pdf" and (tmp_path / "out" / "synthetic.pdf").read_bytes().startswith(b"%PDF")
+    assert json.loads((tmp_path / "out" / "figure.json").read_text())["kind"] == "synthetic"
+
+
+def test_plot_redraws_a_run_folder(run_cli, tmp_path):
+    assert run_cli("sweep", "--grid", "3", "--steps", "20000", "--optimizers", "adamnc", "adamx", "--no-track", "--out", "out").returncode == 0
+    before = (tmp_path / "out" / "sweep.png").read_bytes()
+    done = run_cli("plot", "out", "--format", "svg", "--metric", "average-regret", "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.json() == {"kind": "sweep", "plot": "out/sweep.svg", "format": "svg", "dpi": 200, "metric": "average_regret"}
+    assert (tmp_path / "out" / "sweep.svg").read_text().startswith("<?xml")
+    again = run_cli("plot", "out", "--out", "out/again.png")
+    assert again.returncode == 0 and again.stdout.strip() == "plot     out/again.png"
+    assert (tmp_path / "out" / "again.png").read_bytes() == before  # the saved data is the whole figure
+    wrong = run_cli("plot", "out", "--format", "pdf", "--out", "out/again.png")
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1
+    assert "argument --out: 'out/again.png' does not end in .pdf" in wrong.stderr

@@ -1,9 +1,10 @@
 """The two engines agree, and the paper's claims hold at horizons a test can afford.
 
-The torch engine steps the library's own ``amsgrad.Adam``/``amsgrad.AMSGrad``; the fast
-engine is a compiled copy of their update rules. Agreement is checked at every one of 10^5
-steps, on x_t and on the running regret R(t)/t, for every variant, setting and schedule the
-command line offers (all four settings at once, as four elements of one torch parameter).
+The torch engine steps the library's own ``amsgrad.Adam``/``AMSGrad``/``AdamNC``/``AdamX``; the
+fast engine is a compiled copy of their update rules. Agreement is checked at every one of
+10^5 steps, on x_t and on the running regret R(t)/t, for every variant, setting and schedule
+the command line offers, and with a decaying β1 (all four settings at once, as four elements
+of one torch parameter).
 """
 
 from __future__ import annotations
@@ -22,20 +23,24 @@ TOLERANCE = 1e-9
 # (variant, schedule, optimized_update, betas): every variant and schedule; the standard
 # update form where it differs from the optimized one (the other variants apply no second
 # bias correction, so both forms are the same update); and Theorem 1's β1 = 0.
-CONFIGS = [(name, schedule, True, (0.9, 0.99)) for name in VARIANTS for schedule in SCHEDULES]
-CONFIGS += [(name, schedule, False, (0.9, 0.99)) for name in ("adam", "amsgrad") for schedule in SCHEDULES]
-CONFIGS += [(name, "inv-sqrt", True, theorem1_betas(3.0)) for name in ("adam", "amsgrad")]
+CONFIGS = [(name, schedule, True, (0.9, 0.99), 1.0) for name in VARIANTS for schedule in SCHEDULES]
+CONFIGS += [(name, schedule, False, (0.9, 0.99), 1.0) for name in ("adam", "amsgrad") for schedule in SCHEDULES]
+CONFIGS += [(name, "inv-sqrt", True, theorem1_betas(3.0), 1.0) for name in ("adam", "amsgrad")]
+# β1,t = β1 λ^(t-1): the corrections, AdamNC's and AdamX's rules with a decaying β1
+CONFIGS += [(name, "constant", True, (0.9, 0.99), 0.9999) for name in ("adam", "amsgrad", "amsgrad-corrected", "adamnc", "adamx")]
+CONFIGS += [(name, "inv-sqrt", False, (0.9, 0.99), 0.999) for name in ("amsgrad", "adamx")]
 
 
 def _id(config) -> str:
-    name, schedule, optimized, betas = config
-    return f"{name}-{schedule}-{'optimized' if optimized else 'standard'}-b{betas[0]:g},{betas[1]:.3g}"
+    name, schedule, optimized, betas, decay = config
+    text = f"{name}-{schedule}-{'optimized' if optimized else 'standard'}-b{betas[0]:g},{betas[1]:.3g}"
+    return text + (f"-decay{decay:g}" if decay != 1.0 else "")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[_id(c) for c in CONFIGS])
 def test_fast_engine_equals_the_optimizer_classes(config):
-    name, schedule, optimized, betas = config
-    settings = Settings(betas=betas, schedule=schedule, optimized_update=optimized)
+    name, schedule, optimized, betas, decay = config
+    settings = Settings(betas=betas, schedule=schedule, optimized_update=optimized, beta1_decay=decay)
     problems = [make_problem(setting, seed=7) for setting in SETTINGS]
     batch = TorchBatchRun(problems, variant(name), settings)
     torch_traces = batch.advance(STEPS, record_every=1)

@@ -14,7 +14,7 @@ REFUSED = [
     (["synthetic", "--steps", "9007199254740993"], "argument --steps: must be at most 2^53"),
     (["synthetic", "--record-every", "1"], "argument --record-every: 60,000,000 metric values (about 15 GB) are too many for MLflow (at most 3,000,000): use --record-every 20 or more, or --no-track"),
     (["synthetic", "--steps", "1e15", "--no-track"], "argument --record-every: 2,000,000,000,000 recorded points would write about 144 TB to trace.csv"),
-    (["sweep", "--grid", "100000"], "argument --grid: the job needs about 1.5 TB of memory"),
+    (["sweep", "--grid", "100000"], "argument --grid: the job needs about 2.1 TB of memory"),
 ]
 
 

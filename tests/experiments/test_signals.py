@@ -118,33 +118,35 @@ def test_a_second_ctrl_c_ends_at_once_and_leaves_no_run_running(tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_sweep_stops_between_rows_and_keeps_the_cells_done(tmp_path, signum):
-    process = _start(tmp_path, "sweep", "--grid", "64", "--steps", "1e6")
+def test_sweep_stops_between_chunks_and_keeps_every_cell_at_the_steps_done(tmp_path, signum):
+    # All cells of a grid advance together, chunk by chunk: a stopped sweep has every cell of
+    # the running optimizer at the same step, and the optimizers not started are left out.
+    process = _start(tmp_path, "sweep", "--grid", "128", "--steps", "1e7")
     _wait_for(process, lambda: bool(_runs(tmp_path)))
-    time.sleep(2.0)  # well into the grid, far from its end
+    time.sleep(2.0)  # well into Adam's grid, far from its end
     stdout, stderr = _stop(process, signum)
 
     assert process.returncode == EXIT[signum], stderr
     assert "Traceback" not in stderr and "Error" not in stderr
     document = json.loads(stdout)
     assert document["completed"] is False and document["stopped_by"] == signal.Signals(signum).name
-    done = {r["optimizer"]: r["cells"] for r in document["results"]}
-    assert 0 < done["adam"] < 64 * 64 and done["adam"] % 64 == 0  # whole rows
-    cells = [x for row in document["results"][0]["final_x"] for x in row]
-    assert sum(x is not None for x in cells) == done["adam"]  # the others are null, not made up
+    [adam] = document["results"]  # AMSGrad never started
+    assert adam["optimizer"] == "adam" and 0 < adam["steps_done"] < 10_000_000
+    assert adam["cells"] == 128 * 128
+    assert all(x is not None for row in adam["final_x"] for x in row)  # x_t of every cell at t = steps_done
     assert (tmp_path / "out" / "sweep.png").exists()
     assert [(name, status) for _, name, status in _runs(tmp_path)] == [("Adam vs AMSGrad", "KILLED")]
 
 
 def test_a_second_signal_stops_a_sweep_at_once(tmp_path):
-    process = _start(tmp_path, "sweep", "--grid", "64", "--steps", "1e6")
+    process = _start(tmp_path, "sweep", "--grid", "128", "--steps", "1e7")
     _wait_for(process, lambda: bool(_runs(tmp_path)))
     time.sleep(2.0)
     output: dict[str, str] = {}
     reader = threading.Thread(target=lambda: output.update(zip(("stdout", "stderr"), process.communicate())))
     reader.start()
     process.send_signal(signal.SIGTERM)
-    # A signal that arrives during a compiled row is handled when the row ends: the second one
+    # A signal that arrives during a compiled chunk is handled when the chunk ends: the second one
     # goes once the command is saving (results.json appears first), so that it is the second.
     deadline = time.monotonic() + DEADLINE
     while not (tmp_path / "out" / "results.json").exists() and process.poll() is None:
@@ -161,18 +163,18 @@ def test_a_second_signal_stops_a_sweep_at_once(tmp_path):
     assert json.loads((tmp_path / "out" / "results.json").read_text())["completed"] is False
 
 
-def test_ctrl_c_in_a_library_sweep_raises_with_the_cells_done(tmp_path):
+def test_ctrl_c_in_a_library_sweep_raises_with_the_steps_done(tmp_path):
     """Without the command line: Python's own Ctrl-C during the compiled parallel loop gives
-    ``SweepInterrupted`` with the rows done, not a crash inside numba."""
+    ``SweepInterrupted`` with every cell at the steps done, not a crash inside numba."""
     code = (
         "import sys\n"
         "from amsgrad.experiments import make_problem, variant, Settings\n"
         "from amsgrad.experiments.sweep import SweepInterrupted, sweep, default_beta1s, default_beta2s\n"
         "print('started', flush=True)\n"
         "try:\n"
-        "    sweep(make_problem('online'), [variant('adam')], Settings(), 1_000_000, default_beta1s(64), default_beta2s(64))\n"
+        "    sweep(make_problem('online'), [variant('adam')], Settings(), 10_000_000, default_beta1s(128), default_beta2s(128))\n"
         "except SweepInterrupted as stop:\n"
-        "    print('interrupted', stop.result.cells_done['adam'], flush=True)\n"
+        "    print('interrupted', stop.result.steps_done['adam'], int(stop.result.final_x['adam'].size), flush=True)\n"
     )
     process = subprocess.Popen(
         [COMMAND[0], "-c", code], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -183,8 +185,8 @@ def test_ctrl_c_in_a_library_sweep_raises_with_the_cells_done(tmp_path):
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=DEADLINE)
     assert process.returncode == 0 and "Error" not in stderr, stderr
-    word, cells = stdout.split()
-    assert word == "interrupted" and 0 < int(cells) < 64 * 64 and int(cells) % 64 == 0
+    word, steps_done, cells = stdout.split()
+    assert word == "interrupted" and 0 < int(steps_done) < 10_000_000 and int(cells) == 128 * 128
 
 
 def test_signals_after_a_stop_are_ignored_until_the_command_exits():
@@ -193,6 +195,8 @@ def test_signals_after_a_stop_are_ignored_until_the_command_exits():
         "from amsgrad.experiments.stopping import StopOnSignal\n"
         "with StopOnSignal(ignore_after_stop=True) as stop:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "# ignored at the OS level too: Python puts SIG_DFL back over its own handlers at shutdown\n"
+        "assert all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)), 'not ignored'\n"
         "for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):\n"
         "    os.kill(os.getpid(), signum)  # late: the command is on its way out\n"
         "sys.exit(stop.exit_status)\n"

@@ -22,6 +22,10 @@ class OptimizerConfig:
     kwargs: dict[str, Any]
 
     def make(self, params, **overrides):
+        """The optimizer; an override ``betas=(β1, β2)`` is ``beta1=β1`` for AdamNC, whose β2,t is scheduled."""
+        if self.cls is amsgrad.AdamNC and "betas" in overrides:
+            overrides = dict(overrides)
+            overrides["beta1"] = overrides.pop("betas")[0]
         return self.cls(params, **{**self.kwargs, **overrides})
 
     def accepts(self, **overrides) -> bool:
@@ -52,6 +56,11 @@ def amsgrad_probe_param():
     import torch
 
     return torch.nn.Parameter(torch.zeros(1))
+
+
+def slower_beta2(t: float) -> float:
+    """A β2 schedule for AdamNC other than 1 - 1/t (module-level: a group holding it pickles)."""
+    return 1.0 - 0.9 / t
 
 
 L2 = 0.05
@@ -89,9 +98,27 @@ CONFIGS = [
     OptimizerConfig("amsgrad-capturable", amsgrad.AMSGrad, dict(lr=0.05, capturable=True)),
     OptimizerConfig("adam-capturable-torch-form-l2", amsgrad.Adam,
                     dict(lr=0.05, eps=1e-8, optimized_update=False, weight_decay=L2, capturable=True)),
+    # β1,t = β1 λ^(t-1), first-moment correction 1 - ∏ β1,k (a strong λ, to matter within a test's steps)
+    OptimizerConfig("adam-beta1-decay", amsgrad.Adam, dict(lr=0.05, beta1_decay=0.9)),
+    OptimizerConfig("adam-beta1-decay-torch-form", amsgrad.Adam, dict(lr=0.05, eps=1e-8, optimized_update=False, beta1_decay=0.95)),
+    OptimizerConfig("amsgrad-beta1-decay", amsgrad.AMSGrad, dict(lr=0.05, beta1_decay=0.9, weight_decay=L2)),
+    OptimizerConfig("amsgrad-max-corrected-beta1-decay", amsgrad.AMSGrad, dict(lr=0.05, max_of="corrected", beta1_decay=0.9)),
+    OptimizerConfig("amsgrad-beta1-decay-capturable", amsgrad.AMSGrad, dict(lr=0.05, beta1_decay=0.9, capturable=True)),
+    # AdamNC (the paper's Algorithm 3): β2,t = 1 - 1/t, or a schedule function
+    OptimizerConfig("adamnc", amsgrad.AdamNC, dict(lr=0.05)),
+    OptimizerConfig("adamnc-beta1-decay-decoupled", amsgrad.AdamNC, dict(lr=0.05, beta1=0.8, beta1_decay=0.9, weight_decay=DECOUPLED)),
+    OptimizerConfig("adamnc-schedule-maximize", amsgrad.AdamNC, dict(lr=0.05, beta2_schedule=slower_beta2, maximize=True)),
+    OptimizerConfig("adamnc-capturable", amsgrad.AdamNC, dict(lr=0.05, beta1_decay=0.9, capturable=True)),
+    # AdamX (Tran & Phong): with λ = 1 AMSGrad's Algorithm 2; with λ < 1 its rescaled maximum
+    OptimizerConfig("adamx", amsgrad.AdamX, dict(lr=0.05)),
+    OptimizerConfig("adamx-beta1-decay", amsgrad.AdamX, dict(lr=0.05, beta1_decay=0.9)),
+    OptimizerConfig("adamx-beta1-decay-bias-correction-l2", amsgrad.AdamX,
+                    dict(lr=0.05, beta1_decay=0.95, bias_correction=True, weight_decay=L2, eps=0.0)),
+    OptimizerConfig("adamx-beta1-decay-capturable", amsgrad.AdamX, dict(lr=0.05, beta1_decay=0.9, capturable=True)),
 ]
 
-AMSGRAD_CONFIGS = [config for config in CONFIGS if config.settings.get("amsgrad")]
+AMSGRAD_CONFIGS = [config for config in CONFIGS if config.settings.get("amsgrad") and config.settings["max_of"] != "adamx"]
+ADAMX_CONFIGS = [config for config in CONFIGS if config.settings.get("max_of") == "adamx"]
 
 
 def accepting(**overrides) -> list[OptimizerConfig]:

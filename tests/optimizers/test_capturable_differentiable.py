@@ -23,6 +23,7 @@ VARIANTS = {
     "maximize": dict(maximize=True),
     "algorithm-2": dict(eps=1e-8, bias_correction=False),
     "adam": dict(amsgrad=False),
+    "beta1-decay": dict(beta1_decay=0.9),
 }
 
 

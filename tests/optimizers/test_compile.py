@@ -27,6 +27,9 @@ VARIANTS = {
                                                       foreach=True), 1),
     "algorithm-2-l2": (amsgrad.AMSGrad, dict(eps=1e-8, bias_correction=False, weight_decay=0.01, foreach=True), 1),
     "capturable-maximize": (amsgrad.AMSGrad, dict(capturable=True, maximize=True), 1),
+    "beta1-decay": (amsgrad.AMSGrad, dict(beta1_decay=0.9, foreach=True), 1),
+    "adamnc": (amsgrad.AdamNC, dict(foreach=True), 1),
+    "adamx-beta1-decay": (amsgrad.AdamX, dict(beta1_decay=0.9, foreach=True), 1),
 }
 
 

@@ -83,9 +83,12 @@ def _assert_close(name: str, a: torch.Tensor, b: torch.Tensor, exact: bool) -> N
 def _fused_possible(config, backends, device) -> bool:
     """Whether some fused kernel can run ``config`` (the others are error cases, tested below): a float64
     state widens make_problem's float32 tensor, which no fused kernel takes (tests/quantization)."""
-    if config.settings.get("state_precision") == torch.float64:
+    settings = config.settings
+    if settings.get("state_precision") == torch.float64:
         return False
-    if config.settings.get("max_of") != "corrected":
+    if settings.get("beta1_decay", 1.0) != 1.0 or "beta2_schedule" in settings:
+        return False  # β1 or β2 changing with t: no fused kernel
+    if settings.get("max_of") != "corrected":
         return True
     return device == "cpu" and "native" in backends
 
@@ -314,6 +317,30 @@ def test_impossible_fused_is_a_clear_error(monkeypatch, dtype):
     optimizer.param_groups[0]["fused"] = None  # the automatic choice falls back instead
     optimizer.step()
     assert not torch.equal(param.detach(), before)
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda p: amsgrad.Adam(p, beta1_decay=0.9, fused=True), "beta1_decay=0.9"),
+    (lambda p: amsgrad.AdamNC(p, fused=True), "AdamNC's beta2_schedule"),
+    (lambda p: amsgrad.AdamX(p, beta1_decay=0.99, fused=True), "AdamX's rescaled maximum"),
+])
+def test_no_fused_kernel_for_a_beta_that_changes_with_t(make, what):
+    param = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    before = param.detach().clone()
+    optimizer = make([param])
+    param.grad = torch.ones_like(param)
+    with pytest.raises(RuntimeError, match=rf"Invalid fused: True with {what}: no fused kernel"):
+        optimizer.step()
+    assert torch.equal(param.detach(), before) and param not in optimizer.state
+    optimizer.param_groups[0]["fused"] = None  # the automatic choice is the multi-tensor path
+    assert optimizer.implementations() == [{"multi-tensor": 1}]
+    optimizer.step()
+    assert not torch.equal(param.detach(), before)
+
+
+def test_adamx_with_a_constant_beta1_runs_the_fused_kernels():
+    params = [torch.nn.Parameter(torch.ones(3, dtype=torch.float64))]
+    assert amsgrad.AdamX(params).implementations() == amsgrad.AMSGrad(params).implementations()
 
 
 def test_the_default_path_needs_no_c_compiler(monkeypatch):

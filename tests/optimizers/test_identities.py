@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import amsgrad
 
-from .configs import AMSGRAD_CONFIGS
+from .configs import ADAMX_CONFIGS, AMSGRAD_CONFIGS
 from .helpers import assert_same_run, make_params, run_steps
 
 
@@ -157,3 +157,123 @@ def test_weight_decay_does_not_reach_the_gradient():
     w.grad = grad
     amsgrad.AMSGrad([w], weight_decay=0.5).step()
     assert torch.equal(grad, torch.ones(2))
+
+
+# ---------------------------------------------------------------- β1 decay, AdamNC, AdamX
+PATHS = [dict(foreach=False), dict(foreach=True), dict(), dict(capturable=True)]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=["readable", "foreach", "default", "capturable"])
+@pytest.mark.parametrize("cls", [amsgrad.Adam, amsgrad.AMSGrad])
+def test_beta1_decay_one_is_a_constant_beta1(cls, path):
+    # Adam docstring: λ = 1 is the constant-β1 optimizer, bit for bit (1 - ∏ β1,k = 1 - β1^t).
+    params_a, params_b = make_params(), make_params()
+    a, b = cls(params_a, lr=0.01, beta1_decay=1.0, **path), cls(params_b, lr=0.01, **path)
+    run_steps(a, params_a, range(25))
+    run_steps(b, params_b, range(25))
+    assert_same_run(a, params_a, b, params_b)
+
+
+def test_beta1_decay_correction_is_one_minus_the_product_of_the_betas():
+    # Adam docstring: 1 - ∏_{k<=t} β1,k = 1 - β1^t λ^(t(t-1)/2), the correction that makes the
+    # corrected m_t of a constant gradient the gradient itself.
+    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    beta1, decay = 0.9, 0.8
+    optimizer = amsgrad.Adam([w], lr=0.1, betas=(beta1, 0.99), beta1_decay=decay)
+    product = 1.0
+    for t in range(1, 40):
+        w.grad = torch.full_like(w, 2.5)
+        optimizer.step()
+        product *= beta1 * decay ** (t - 1)
+        state = optimizer.state[w]
+        correction1, _ = optimizer.bias_corrections(state, optimizer.param_groups[0])
+        assert correction1 == pytest.approx(1 - product, rel=1e-13, abs=1e-300)
+        torch.testing.assert_close(state["exp_avg"] / correction1, w.grad, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=["readable", "foreach", "default", "capturable"])
+def test_adamx_with_a_constant_beta1_is_amsgrad_algorithm_2(path):
+    # AdamX docstring: ((1 - β1)/(1 - β1))² = 1, so v̂_t = max(v̂_{t-1}, v_t), bit for bit.
+    params_x, params_a = make_params(), make_params()
+    adamx = amsgrad.AdamX(params_x, lr=0.01, betas=(0.8, 0.99), **path)
+    paper = amsgrad.AMSGrad(params_a, lr=0.01, betas=(0.8, 0.99), bias_correction=False, **path)
+    run_steps(adamx, params_x, range(30))
+    run_steps(paper, params_a, range(30))
+    assert_same_run(adamx, params_x, paper, params_a)
+
+
+@pytest.mark.parametrize("config", ADAMX_CONFIGS, ids=repr)
+def test_adamx_maximum_never_decreases(config):
+    # λ <= 1 makes 1 - β1,t >= 1 - β1,t-1: the factor is >= 1, so v̂_t >= v̂_{t-1}.
+    params = make_params()
+    optimizer = config.make(params)
+    previous = None
+    for step in range(30):
+        run_steps(optimizer, params, range(step, step + 1))
+        current = [optimizer.state[p]["max_exp_avg_sq"].clone() for p in params]
+        if previous is not None:
+            assert all(bool((c >= p).all()) for c, p in zip(current, previous))
+        previous = current
+
+
+def test_adamx_with_a_decaying_beta1_rescales_the_maximum():
+    # A gradient that stops: v_t decays, and v̂_t = ((1 - β1,t)/(1 - β1,t-1))² v̂_{t-1} grows.
+    w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    beta1, decay = 0.9, 0.5
+    optimizer = amsgrad.AdamX([w], lr=0.01, betas=(beta1, 0.9), beta1_decay=decay)
+    w.grad = torch.ones(1, dtype=torch.float64)
+    optimizer.step()
+    v_hat = optimizer.state[w]["max_exp_avg_sq"].item()
+    assert v_hat == pytest.approx(0.1)  # v̂_1 = v_1 = (1 - β2) g²
+    for t in range(2, 6):
+        w.grad = torch.zeros(1, dtype=torch.float64)
+        optimizer.step()
+        factor = ((1 - beta1 * decay ** (t - 1)) / (1 - beta1 * decay ** (t - 2))) ** 2
+        v_hat *= factor
+        assert optimizer.state[w]["max_exp_avg_sq"].item() == pytest.approx(v_hat, rel=1e-14)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=["readable", "foreach", "default", "capturable"])
+def test_adamnc_with_beta1_zero_is_adagrad(path):
+    # AdamNC docstring: v_t = (1/t) Σ g², so with β1 = 0 and α_t = α/√t, θ_t = θ_{t-1} - α g_t/√(Σ g²).
+    params_nc, params_ada = make_params(), make_params()
+    nc = amsgrad.AdamNC(params_nc, lr=0.3, beta1=0.0, eps=0.0, **path)
+    schedule = torch.optim.lr_scheduler.LambdaLR(nc, lambda k: (k + 1) ** -0.5)
+    adagrad = torch.optim.Adagrad(params_ada, lr=0.3, eps=0.0)
+    for step in range(40):
+        run_steps(nc, params_nc, range(step, step + 1))
+        run_steps(adagrad, params_ada, range(step, step + 1))
+        schedule.step()
+    for ours, theirs in zip(params_nc, params_ada):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    # and v_t is the mean of the squared gradients: Adagrad's sum over t
+    for ours, theirs in zip(params_nc, params_ada):
+        torch.testing.assert_close(nc.state[ours]["exp_avg_sq"] * 40, adagrad.state[theirs]["sum"], rtol=1e-12, atol=0)
+
+
+def test_adamnc_schedule_function_is_used_and_checked():
+    w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    seen = []
+
+    def schedule(t):
+        seen.append(t)
+        return 0.5
+
+    optimizer = amsgrad.AdamNC([w], lr=0.1, beta2_schedule=schedule, foreach=False)
+    for g in (1.0, 3.0):
+        w.grad = torch.full_like(w, g)
+        optimizer.step()
+    assert sorted(set(seen)) == [1.0, 2.0]  # checked before the step, then used in it
+    torch.testing.assert_close(optimizer.state[w]["exp_avg_sq"], torch.full_like(w, 0.5 * 0.5 * 1 + 0.5 * 9))
+
+    # A schedule that leaves [0, 1] is refused before the step changes anything, on every path.
+    for path in (dict(foreach=False), dict(foreach=True)):
+        optimizer = amsgrad.AdamNC([w], lr=0.1, beta2_schedule=lambda t: 1.5 if t > 1 else 0.0, **path)
+        w.grad = torch.ones_like(w)
+        optimizer.step()
+        before = {key: value.clone() for key, value in optimizer.state[w].items()}
+        theta = w.detach().clone()
+        with pytest.raises(ValueError, match=r"beta2_schedule\(2\) returned 1.5 \(expected a number in \[0, 1\]\)"):
+            optimizer.step()
+        assert torch.equal(w.detach(), theta)
+        assert all(torch.equal(optimizer.state[w][key], value) for key, value in before.items())

@@ -85,6 +85,44 @@ def test_the_repr_and_a_compiled_report_show_the_compressed_step():
     assert optimizer.implementations(compiled=True) == optimizer.implementations()
 
 
+# ------------------------------------------------------------ schedules: β1 decay, AdamNC, AdamX
+SCHEDULED = {
+    "adam-beta1-decay": (amsgrad.Adam, dict(beta1_decay=0.8), dict()),
+    "amsgrad-corrected-beta1-decay": (amsgrad.AMSGrad, dict(beta1_decay=0.8, max_of="corrected"), dict()),
+    "adamnc": (amsgrad.AdamNC, dict(beta1_decay=0.9), dict(beta2_schedule=lambda t: 1.0 - 0.5 / t)),
+    "adamx": (amsgrad.AdamX, dict(beta1_decay=0.7), dict()),
+}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISION_IDS)
+@pytest.mark.parametrize("name", list(SCHEDULED))
+def test_a_schedule_runs_the_reference_compressed_step_and_follows_the_float_state(name, precision):
+    # The C kernel has constant betas: a group whose β1 or β2 changes with t takes the reference step
+    # (every path alike: tests/quantization/test_low_memory.py), which follows the float32 state's
+    # run within the format's rounding, and not the run without the schedule.
+    cls, schedule, other = SCHEDULED[name]
+    make = lambda params, **extra: cls(params, lr=0.01, **schedule, **other, **extra)  # noqa: E731
+    params, float_params, plain_params = make_params(), make_params(), make_params()
+    optimizer = make(params, state_precision=precision)
+    assert optimizer.implementations() == [{kernels.COMPRESSED_REFERENCE: 2, kernels.MULTI_TENSOR: 1}]
+    float_run = make(float_params)
+    plain = cls(plain_params, lr=0.01, **{**schedule, "beta1_decay": 1.0}, **other, state_precision=precision)
+    for opt, group in ((optimizer, params), (float_run, float_params), (plain, plain_params)):
+        run_steps(opt, group, range(12))
+    assert optimizer.implementations() == [{kernels.COMPRESSED_REFERENCE: 2, kernels.MULTI_TENSOR: 1}]
+    for index in (0, 1):  # relative to how far the float32 run moved θ (L2): 0.001, 0.01, 0.1 measured
+        start = make_params()[index].detach()
+        moved = (float_params[index] - start).norm()
+        error = (params[index] - float_params[index]).norm()
+        without = (plain_params[index] - float_params[index]).norm()  # 0.4-0.7 measured
+        assert error < {torch.bfloat16: 0.005, "int8": 0.03, "int4": 0.25}[precision] * moved, (error, moved)
+        assert error < 0.4 * without, (error, without)
+    refused = make(make_params(), state_precision=precision, fused=True)
+    with pytest.raises(RuntimeError, match="no fused kernel computes a step whose beta1 or beta2 changes"):
+        run_steps(refused, refused.param_groups[0]["params"], range(1))
+    assert not refused.state
+
+
 # ------------------------------------------------------------ refusals change nothing
 def compressed_groups(**second):
     """Two int8 groups (every tensor compressed), three steps done, a new parameter in each, gradients
@@ -106,6 +144,9 @@ REFUSALS = {
     "fused=True without the C kernel": (dict(fused=True), RuntimeError,
                                         r"Invalid fused: True for a torch.float32 parameter on cpu with int8 state: "
                                         r"the C kernel is unavailable"),
+    "fused=True with a decaying beta1": (dict(fused=True, beta1_decay=0.9), RuntimeError,
+                                         r"Invalid fused: True with beta1_decay=0.9: no fused kernel .* fall back to "
+                                         r"the reference compressed step"),
     "nonfinite raise": (dict(nonfinite="raise"), NonFiniteGradientError, r"param group 1, parameter 0"),
     "precision changed, then nonfinite raise": (dict(state_precision=torch.bfloat16, nonfinite="raise"),
                                                 NonFiniteGradientError, r"param group 1, parameter 0"),

@@ -12,7 +12,12 @@ A map of the package:
   - :mod:`~amsgrad.experiments.fast_engine`, the update rules compiled with numba;
   - :mod:`~amsgrad.experiments.torch_engine`, the library's optimizer classes themselves.
 
-* :mod:`~amsgrad.experiments.sweep` — a grid of (β1, β2), run in parallel.
+  Both keep, besides the sampled trace, every step summarised in log-spaced bins
+  (:mod:`~amsgrad.experiments.envelope`), which the plots draw.
+
+* :mod:`~amsgrad.experiments.sweep` — a grid of (β1, β2), run by
+  :mod:`~amsgrad.experiments.grid_engine`: every cell at once, vectorised across cells and
+  spread over the cores, bit for bit the fast engine's numbers.
 * :mod:`~amsgrad.experiments.plotting` — the figures (matplotlib, PNG).
 * :mod:`~amsgrad.experiments.tracking` — recording runs with MLflow, in a separate process
   (:mod:`~amsgrad.experiments.recorder`); :mod:`~amsgrad.experiments.mlflow_store`, the local

@@ -40,13 +40,15 @@ METRICS_PER_POINT = 3
 # Measured sizes: a trace.csv row, and a metric value in MLflow's SQLite store with its indexes.
 TRACE_BYTES_PER_POINT = 72
 TRACKED_BYTES_PER_VALUE = 250
-# A point kept in memory (step, regret, x, R(t)/t), and a sweep cell (final x and R(T)/T, plus its JSON).
+# A point kept in memory (step, regret, x, R(t)/t), a sweep cell's result (final x and R(T)/T,
+# plus its JSON), and a cell of the grid engine while it runs (x, m, v, v̂, R(t), β1, β2).
 MEMORY_BYTES_PER_POINT = 32
 MEMORY_BYTES_PER_CELL = 16 + 60
+MEMORY_BYTES_PER_RUNNING_CELL = 7 * 8
 
 # Throughputs, steps per second (rounded down from the README's measurements).
 STEPS_PER_SECOND = {"fast": 1.0e8, "torch": 3.0e4}
-CELL_STEPS_PER_SECOND = 1.0e8
+CELL_STEPS_PER_SECOND = 1.0e9  # the grid engine, both cores
 
 
 class JobRefused(ValueError):
@@ -116,7 +118,7 @@ def sweep_cost(steps: int, cells: int, variants: int, tracked: bool) -> JobCost:
         trace_bytes=0,
         tracked_values=values,
         tracked_bytes=values * TRACKED_BYTES_PER_VALUE,
-        memory_bytes=total_cells * MEMORY_BYTES_PER_CELL,
+        memory_bytes=total_cells * MEMORY_BYTES_PER_CELL + cells * MEMORY_BYTES_PER_RUNNING_CELL,  # one variant runs at a time
         cells=total_cells,
     )
 

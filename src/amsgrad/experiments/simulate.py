@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
+from .envelope import Envelope
 from .stopping import native_section
 from .variants import Settings, Variant
 
@@ -76,6 +77,7 @@ class RunResult:
         average_regret: R(T)/T over the steps done.
         seconds: wall time of the steps.
         trace: the recorded points.
+        envelope: every step, summarised per log-spaced bin (what the plots draw).
     """
 
     variant: Variant
@@ -88,10 +90,16 @@ class RunResult:
     average_regret: float
     seconds: float
     trace: Trace = field(repr=False)
+    envelope: Envelope = field(default_factory=Envelope.empty, repr=False)
 
     @property
     def completed(self) -> bool:
         return self.steps_done == self.steps
+
+    @property
+    def steps_per_second(self) -> float | None:
+        """The throughput of the run: steps done over its wall time."""
+        return self.steps_done / self.seconds if self.seconds > 0 else None
 
     def summary(self) -> dict:
         """The result as the command line's JSON reports it."""
@@ -102,6 +110,7 @@ class RunResult:
             "average_regret": self.average_regret,
             "seconds": round(self.seconds, 6),
             "steps_done": self.steps_done,
+            "steps_per_second": self.steps_per_second,
         }
 
 
@@ -127,6 +136,8 @@ class EngineRun(Protocol):
     def advance(self, count: int, record_every: int) -> Trace: ...
 
     def flush(self) -> Trace: ...
+
+    def envelope(self) -> Envelope: ...
 
 
 def make_run(engine: str, problem: Problem, variant: Variant, settings: Settings) -> EngineRun:
@@ -199,6 +210,7 @@ def simulate(
             average_regret=run.regret_sum / done if done else float("nan"),
             seconds=time.perf_counter() - start,
             trace=Trace.concatenate(parts),
+            envelope=run.envelope(),
         )
 
     try:

@@ -104,9 +104,14 @@ class StopOnSignal:
 
     def __exit__(self, *exc_info: Any) -> None:
         if self._ignore_after_stop and self.signum is not None:
-            # A stopped command is ending: later signals find the handler, which now ignores them,
-            # rather than Python's default, which would end the process with a traceback or a signal.
+            # A stopped command is ending: later signals are ignored, rather than met by Python's
+            # default, which would end the process with a traceback or by the signal. The handler
+            # alone is not enough: while the interpreter shuts down it puts back SIG_DFL wherever
+            # a Python handler was installed (but leaves SIG_IGN), so a signal then would kill it.
             self.aborted = True
+            if threading.current_thread() is threading.main_thread():
+                for signum in self._previous:
+                    signal.signal(signum, signal.SIG_IGN)
             return
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)

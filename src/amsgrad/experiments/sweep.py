@@ -1,8 +1,12 @@
-r"""Adam against AMSGrad over a grid of (β1, β2), run in parallel by the fast engine.
+r"""Adam against AMSGrad over a grid of (β1, β2), run by the grid engine.
 
 The paper's Theorems 2 and 3 show that Adam can fail for *any* β1, β2 with
 :math:`β_1 < \sqrt{β_2}`, the condition of Kingma & Ba's convergence proof; the heatmaps
 of :func:`sweep` show where it fails on a given problem, and that AMSGrad does not.
+
+Every cell of a variant's grid advances together, in time chunks
+(:class:`~amsgrad.experiments.grid_engine.GridRun`): SIMD lanes over cells, blocks of cells
+over cores, and bit for bit the numbers the scalar fast engine gives each cell alone.
 """
 
 from __future__ import annotations
@@ -44,7 +48,12 @@ class SweepResult:
     """Final x and R(T)/T of each variant at every (β1, β2) of the grid.
 
     ``final_x[name][i, j]`` and ``average_regret[name][i, j]`` belong to
-    ``(beta1s[i], beta2s[j])``; ``seconds[name]`` is the variant's wall time.
+    ``(beta1s[i], beta2s[j])``, after ``steps_done[name]`` steps (fewer than ``steps`` for a
+    variant that was interrupted; a variant that never started is absent);
+    ``seconds[name]`` is the variant's wall time and ``cell_steps[name]`` the cell-steps it
+    computed (a variant that ignores β2, AdamNC, computes one column and repeats it);
+    ``cells_done[name]`` is the number of cells the variant ran (all of them, once started:
+    the cells advance together).
     """
 
     problem: Problem
@@ -56,14 +65,15 @@ class SweepResult:
     final_x: dict[str, np.ndarray] = field(default_factory=dict)
     average_regret: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    steps_done: dict[str, int] = field(default_factory=dict)
+    cell_steps: dict[str, int] = field(default_factory=dict)
 
     cells_done: dict[str, int] = field(default_factory=dict)
 
     @property
     def completed(self) -> bool:
-        """Every cell of every variant was run."""
-        size = self.beta1s.size * self.beta2s.size
-        return all(self.cells_done.get(v.name, 0) == size for v in self.variants)
+        """Whether every variant ran every step."""
+        return all(self.steps_done.get(v.name, 0) == self.steps for v in self.variants)
 
     @property
     def below_curve(self) -> np.ndarray:
@@ -71,12 +81,18 @@ class SweepResult:
         return self.beta1s[:, None] < np.sqrt(self.beta2s)[None, :]
 
     def summary(self) -> list[dict]:
-        """Per variant: how much of the grid ends near x* = -1 or at the wrong end, +1."""
+        """Per variant: how much of the grid ends near x* = -1 or at the wrong end, +1.
+
+        With the steps done and the throughput, ``cell_steps_per_second`` (computed cell-steps
+        over the variant's wall time).
+        """
         rows = []
         for v in self.variants:
             if v.name not in self.final_x:
                 continue  # not started
             x = self.final_x[v.name]
+            seconds = self.seconds.get(v.name, 0.0)
+            cell_steps = self.cell_steps.get(v.name, 0)
             done = self.cells_done.get(v.name, 0)
             rows.append(
                 {
@@ -86,9 +102,11 @@ class SweepResult:
                     "near_optimum": int((x < -0.5).sum()),
                     "at_plus_one": int((x > 0.99).sum()),
                     "at_plus_one_below_curve": int(((x > 0.99) & self.below_curve).sum()),
-                    "median_final_x": _median(x.ravel()[:done]),
-                    "median_average_regret": _median(self.average_regret[v.name].ravel()[:done]),
-                    "seconds": round(self.seconds.get(v.name, 0.0), 6),
+                    "median_final_x": _median(x.ravel()),
+                    "median_average_regret": _median(self.average_regret[v.name].ravel()),
+                    "seconds": round(seconds, 6),
+                    "steps_done": self.steps_done.get(v.name, 0),
+                    "cell_steps_per_second": cell_steps / seconds if seconds > 0 else None,
                 }
             )
         return rows
@@ -99,7 +117,7 @@ def _median(values: np.ndarray) -> float:
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`sweep`; ``result`` holds the cells done (the others are NaN)."""
+    """Ctrl-C during :func:`sweep`; ``result`` holds every cell at the steps done."""
 
     def __init__(self, result: SweepResult):
         super().__init__("sweep interrupted")
@@ -116,13 +134,18 @@ def sweep(
     *,
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    chunk_steps: int | None = None,
 ) -> SweepResult:
     """Run every variant at every (β1, β2) for ``steps`` steps (``settings.betas`` is ignored).
 
-    The grid runs one β1 row at a time, its cells in parallel; ``on_progress`` is called
-    with the number of cells after each row. ``should_stop`` is checked before every row:
-    when it returns True the sweep ends there, and the cells not run stay NaN (``completed``
-    is False). Ctrl-C raises :class:`SweepInterrupted`.
+    Each variant's grid runs in time chunks of ``chunk_steps`` steps (default
+    :func:`~amsgrad.experiments.grid_engine.chunk_steps_for` the grid: ~0.1 s of work), every
+    cell advancing together. ``on_progress`` is called after each chunk with the number of
+    grid cells' worth of work it did (the calls add up to ``len(variants) * beta1s.size *
+    beta2s.size``). ``should_stop`` is checked before every chunk: when it returns True the
+    sweep ends there, every cell of the running variant at the steps done (``steps_done``;
+    ``completed`` is False) and the variants not started absent. Ctrl-C raises
+    :class:`SweepInterrupted`, with the same partial result.
 
     >>> from amsgrad.experiments import make_problem, variant, Settings
     >>> r = sweep(make_problem("online"), [variant("adam"), variant("amsgrad")], Settings(),
@@ -130,35 +153,51 @@ def sweep(
     >>> r.final_x["adam"].tolist(), bool((r.final_x["amsgrad"] < 0).all())
     ([[1.0, 1.0], [1.0, 1.0]], True)
     """
-    from .fast_engine import final_points
+    from .grid_engine import GridRun, chunk_steps_for
 
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if chunk_steps is not None and (isinstance(chunk_steps, bool) or int(chunk_steps) != chunk_steps or chunk_steps < 1):
+        raise ValueError(f"chunk_steps must be an integer >= 1, got {chunk_steps!r}")
     beta1s, beta2s = np.asarray(beta1s, dtype=np.float64), np.asarray(beta2s, dtype=np.float64)
     for name, betas in (("beta1", beta1s), ("beta2", beta2s)):
         if betas.ndim != 1 or betas.size == 0 or not ((betas >= 0) & (betas < 1)).all():
             raise ValueError(f"{name} values must be a non-empty list of numbers in [0, 1)")
-    result = SweepResult(problem, settings, int(steps), beta1s, beta2s, list(variants))
-    shape = (beta1s.size, beta2s.size)
+    steps = int(steps)
+    result = SweepResult(problem, settings, steps, beta1s, beta2s, list(variants))
+    grid_cells = beta1s.size * beta2s.size
     try:
         for v in variants:
+            run = GridRun(problem, v, settings, beta1s, beta2s)
+            chunk = int(chunk_steps) if chunk_steps else chunk_steps_for(run.cells)
             start = time.perf_counter()
-            final_x = result.final_x[v.name] = np.full(shape, np.nan)
-            average_regret = result.average_regret[v.name] = np.full(shape, np.nan)
-            for i in range(beta1s.size):
+            reported = 0
+
+            def record(run=run, v=v, start=start) -> None:
+                result.final_x[v.name] = run.final_x
+                result.average_regret[v.name] = run.average_regret
+                result.steps_done[v.name] = run.t
+                result.cell_steps[v.name] = run.t * run.cells
+                result.cells_done[v.name] = grid_cells
+                result.seconds[v.name] = time.perf_counter() - start
+
+            while run.t < steps:
                 if should_stop is not None and should_stop():
+                    if run.t:
+                        record()
                     return result
-                row = None
+                advanced = False
                 try:
-                    with native_section():  # a signal's exception waits for the row's end
-                        row = final_points(problem, v, settings, steps, beta1s[i : i + 1], beta2s)
-                finally:  # a row that was computed is kept, whatever is raised at its end
-                    if row is not None:
-                        final_x[i], average_regret[i] = row[0][0], row[1][0]
-                        result.seconds[v.name] = time.perf_counter() - start
-                        result.cells_done[v.name] = (i + 1) * beta2s.size
+                    with native_section():  # a signal's exception waits for the chunk's end
+                        run.advance(min(chunk, steps - run.t))
+                        advanced = True
+                finally:  # a chunk that was computed is kept, whatever is raised at its end
+                    if advanced or run.t:
+                        record()
                 if on_progress is not None:
-                    on_progress(beta2s.size)
+                    done = grid_cells * run.t // steps
+                    on_progress(done - reported)
+                    reported = done
     except KeyboardInterrupt:
         raise SweepInterrupted(result) from None
     return result

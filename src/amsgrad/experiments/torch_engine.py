@@ -1,4 +1,4 @@
-"""The torch engine: the library's own optimizer classes on a real torch parameter.
+"""The torch engine: the library's own optimizer classes (Adam, AMSGrad, AdamNC, AdamX) on a real torch parameter.
 
 This is the experiment as a user would write it: a float64 ``torch.nn.Parameter`` x, its
 gradient :math:`\\nabla f_t(x_t) = g_t` in ``x.grad`` (what ``(g_t * x).backward()`` puts
@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .envelope import Envelope, EnvelopeBuilder
 from .problems import X_START, X_STAR, Problem, gradients
 from .simulate import Trace
 from .variants import Settings, Variant
@@ -53,6 +54,7 @@ class TorchBatchRun:
         self.t = 0
         self.regret_sums = np.zeros(n)
         self._pending: list[Trace] = [Trace.empty() for _ in range(n)]
+        self._envelopes = [EnvelopeBuilder() for _ in range(n)]
 
     @property
     def xs(self) -> np.ndarray:
@@ -92,16 +94,23 @@ class TorchBatchRun:
         self.regret_sums = running[-1].copy()
         steps = np.arange(first, first + len(g))
         self.t = int(steps[-1])
+        average = running / steps[:, None]
+        for j, builder in enumerate(self._envelopes):
+            builder.add(first, x_seen[:, j], average[:, j])
         if record_every:
             rows = np.nonzero(steps % record_every == 0)[0]
             for j in range(len(self.problems)):
-                part = Trace(steps[rows], regret[rows, j], x_seen[rows, j], running[rows, j] / steps[rows])
+                part = Trace(steps[rows], regret[rows, j], x_seen[rows, j], average[rows, j])
                 self._pending[j] = Trace.concatenate([self._pending[j], part])
 
     def flush(self) -> list[Trace]:
         """The records not yet returned."""
         pending, self._pending = self._pending, [Trace.empty() for _ in self.problems]
         return pending
+
+    def envelopes(self) -> list[Envelope]:
+        """Every step so far of each problem, in the log-spaced bins of :mod:`~amsgrad.experiments.envelope`."""
+        return [builder.envelope() for builder in self._envelopes]
 
 
 class TorchRun:
@@ -144,3 +153,7 @@ class TorchRun:
 
     def flush(self) -> Trace:
         return self._batch.flush()[0]
+
+    def envelope(self) -> Envelope:
+        """Every step so far, in log-spaced bins."""
+        return self._batch.envelopes()[0]

@@ -87,6 +87,8 @@ torch has the kernel for),                                     settings mapped a
 any floating dtype                                             :mod:`.torch_fused`
 anything else                   ``max_of="corrected"``          none: multi-tensor (auto), or
                                                                refused (``fused=True``)
+any                             ``beta1_decay`` != 1, AdamNC,  none: multi-tensor (auto), or
+                                AdamX with a decaying β1       refused (``fused=True``)
 ==============================  =============================  ==============================
 
 Tensors that are not contiguous (or whose gradient or state is not), or whose gradient or
@@ -105,7 +107,7 @@ import torch
 
 from . import compressed, native
 from .foreach import foreach_step, read_steps
-from .settings import StepSettings
+from .settings import StepSettings, schedule_refusal
 from .tensor_steps import TensorStepConfig, coefficients, tensor_step
 from .torch_fused import supports as torch_kernel_supports
 from .torch_fused import torch_fused_step
@@ -145,7 +147,10 @@ def implementation(group: dict[str, Any], overridden_hooks: tuple[str, ...], *, 
     if compiling:
         # On the CPU a compiled graph cannot beat one pass of the fused kernels: the default keeps
         # them, outside the graph. Elsewhere, and when multi-tensor is asked for, the graph runs it.
-        return "fused" if fused or (fused is None and foreach is None and on_cpu) else "tensor-steps"
+        if fused or (fused is None and foreach is None and on_cpu):
+            return "fused"
+        # a beta2_schedule function takes a number: the multi-tensor step, which reads t, runs it
+        return "foreach" if callable(group.get("beta2_schedule")) else "tensor-steps"
     if foreach or fused is False:
         return "foreach"
     return "fused"
@@ -519,7 +524,7 @@ def _backend(kind: Any, settings: StepSettings, lib: "_NativeOnDemand | None") -
     """``"native"``, ``"torch"``, ``"foreach"`` (layout: no fused kernel applies) or None (no kernel)."""
     if kind == _LAYOUT:
         return "foreach"
-    if kind == _SUBCLASS:
+    if kind == _SUBCLASS or not settings.plain:  # no fused kernel has a decaying β1 or a β2 schedule
         return None
     device, dtype, step_device, step_dtype = kind
     if device.type == "cpu" and dtype in _NATIVE_DTYPES and step_device.type == "cpu" \
@@ -585,6 +590,8 @@ def _impossible_fused(kind: Any, settings: StepSettings, lib: _NativeOnDemand | 
         return f"Invalid fused: True for a tensor subclass (DTensor, say): the fused kernels take plain tensors. {fallback}"
     device, dtype, step_device, step_dtype = kind
     where = f"a {dtype} parameter on {device.type}"
+    if not settings.plain:
+        return schedule_refusal(settings)
     if settings.max_of == "corrected":
         why = "torch has no fused kernel for max_of='corrected', and ours runs on CPU float32/float64 only"
         if device.type == "cpu" and dtype in _NATIVE_DTYPES:

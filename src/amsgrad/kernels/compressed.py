@@ -22,7 +22,7 @@ from ..quantization.formats import DEFAULT_MIN_COMPRESSED_NUMEL, MOMENTS, parse_
 from ..quantization.state import Storage, is_conformed, needs_compressed_step, storage_for
 from ..quantization.step import compressed_step
 from . import native
-from .settings import StepSettings
+from .settings import StepSettings, schedule_refusal
 
 __all__ = ["split", "CompressedPlan", "native_layout", "native_settings", "fused_compressed_step",
            "reference_compressed_step", "COMPRESSED_C_KERNEL", "COMPRESSED_REFERENCE"]
@@ -156,7 +156,10 @@ class CompressedPlan:
         self.refused = 0
         # (param, grad, state, storage, layout or None): real views for complex parameters
         self.entries: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any], Storage, Any]] = []
-        library = lib.get() if fused and lib is not None else None
+        if fused and explicit and not settings.plain and members and not report:
+            raise RuntimeError(schedule_refusal(settings, "the reference compressed step (torch ops)"))
+        # the C kernel has constant betas: a schedule (a decaying β1, AdamNC, AdamX) runs the reference step
+        library = lib.get() if fused and lib is not None and settings.plain else None
         maximum = settings.max_of is not None
         for param, grad, storage in members:
             state = replaced.get(param) if replaced and param in replaced else optimizer.state.get(param)
@@ -178,7 +181,7 @@ class CompressedPlan:
             if library is not None:
                 layout = native_layout(storage, param, grad, state, self.stochastic) if ready else \
                     (native_layout_of_new_state(storage, param, grad, self.stochastic))
-            if layout is None and fused and explicit:
+            if layout is None and fused and explicit and (settings.plain or report):
                 if not report:
                     raise RuntimeError(_no_kernel(param, storage, library))
                 self.refused += 1

@@ -1,8 +1,10 @@
 """The multi-tensor step: the readable path's operations, each applied to a whole list at once.
 
 Every ``torch._foreach_*`` call below is the list form of one line of
-:meth:`amsgrad.Adam.step_param` (and :meth:`amsgrad.AMSGrad.get_mv`), in the same order with
-the same scalars, so on CPU the result equals the readable path bit for bit. It runs on any
+:meth:`amsgrad.Adam.step_param` (and :meth:`amsgrad.AMSGrad.get_mv`, :meth:`amsgrad.AdamX.get_mv`),
+in the same order with the same scalars, so on CPU the result equals the readable path bit for
+bit. A decaying β1 or AdamNC's β2,t changes with the step count: the moments of tensors with
+the same count are then updated together. It runs on any
 device and dtype torch's ``_foreach`` ops take, and :func:`torch.compile` traces it; it costs
 a pass over memory per operation and a few list-sized temporaries, like
 ``torch.optim.Adam(foreach=True)``.
@@ -44,19 +46,26 @@ def foreach_step(
             grads = torch._foreach_add(grads, params, alpha=s.weight_decay)
 
     torch._foreach_add_(steps, 1)
-    scalars = [s.update_scalars(t) for t in read_steps(steps)]
+    step_values = read_steps(steps)
+    scalars = [s.update_scalars(t) for t in step_values]
 
     # m_t = β1 m_{t-1} + (1 - β1) g_t ;  v_t = β2 v_{t-1} + (1 - β2) g_t²
-    torch._foreach_mul_(exp_avgs, s.beta1)
-    torch._foreach_add_(exp_avgs, grads, alpha=1.0 - s.beta1)
-    torch._foreach_mul_(exp_avg_sqs, s.beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - s.beta2)
+    if s.plain:
+        _moments(s.beta1, s.beta2, grads, exp_avgs, exp_avg_sqs)
+    else:  # β1,t and β2,t of each step count (a group's tensors mostly share one)
+        for t, indices in _by_value(step_values).items():
+            pick = _picker(indices, len(step_values))
+            _moments(s.beta1_at(t), s.beta2_at(t), pick(grads), pick(exp_avgs), pick(exp_avg_sqs))
 
     second_moments = exp_avg_sqs
     if s.max_of is not None:
         if s.max_of == "corrected":  # v̂_t = max(v̂_{t-1}, v_t / (1 - β2^t))
             torch._foreach_maximum_(max_exp_avg_sqs, torch._foreach_div(exp_avg_sqs, [c2 for c2, _, _ in scalars]))
-        else:  # v̂_t = max(v̂_{t-1}, v_t)
+        else:  # v̂_t = max(v̂_{t-1}, v_t), AdamX's v̂_{t-1} rescaled first
+            if s.max_of == "adamx":
+                factors = [s.adamx_factor(t) for t in step_values]
+                if any(factor != 1.0 for factor in factors):
+                    torch._foreach_mul_(max_exp_avg_sqs, factors)
             torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
         second_moments = max_exp_avg_sqs
 
@@ -67,3 +76,23 @@ def foreach_step(
         torch._foreach_div_(denominators, divisors)
     torch._foreach_add_(denominators, s.eps)
     torch._foreach_addcdiv_(params, exp_avgs, denominators, [-step_size for _, _, step_size in scalars])
+
+
+def _moments(beta1, beta2, grads, exp_avgs, exp_avg_sqs) -> None:
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+
+
+def _by_value(values: list[float]) -> dict[float, list[int]]:
+    groups: dict[float, list[int]] = {}
+    for index, value in enumerate(values):
+        groups.setdefault(value, []).append(index)
+    return groups
+
+
+def _picker(indices: list[int], size: int):
+    if len(indices) == size:
+        return lambda tensors: tensors
+    return lambda tensors: [tensors[i] for i in indices]

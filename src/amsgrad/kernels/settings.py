@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["StepSettings"]
+from ..optimizers.schedules import adamx_factor, beta1_at, beta1_product, scheduled_beta2
+
+__all__ = ["StepSettings", "schedule_refusal"]
 
 
 def _number(value: Any) -> float:
@@ -34,7 +36,9 @@ class StepSettings:
     maximize: bool
     optimized_update: bool
     bias_correction: bool
-    max_of: str | None  # None for Adam, else "raw" or "corrected"
+    max_of: str | None  # None for Adam, else "raw", "corrected" or "adamx" (AdamX with a decaying β1)
+    beta1_decay: float = 1.0  # λ of β1,t = β1 λ^(t-1)
+    beta2_schedule: Any = None  # AdamNC's: "inverse" (β2,t = 1 - 1/t) or a callable t -> β2,t; None: constant β2
 
     @classmethod
     def from_group(cls, group: dict[str, Any], max_of: str | None, read_tensors: bool = True) -> "StepSettings":
@@ -54,7 +58,29 @@ class StepSettings:
             optimized_update=group["optimized_update"],
             bias_correction=group["bias_correction"],
             max_of=max_of,
+            beta1_decay=group.get("beta1_decay", 1.0),
+            beta2_schedule=("inverse" if group["beta2_schedule"] is None else group["beta2_schedule"])
+            if "beta2_schedule" in group else None,
         )
+
+    @property
+    def plain(self) -> bool:
+        """Constant β1 and β2 and one of AMSGrad's maxima: what every kernel computes."""
+        return self.beta1_decay == 1.0 and self.beta2_schedule is None and self.max_of != "adamx"
+
+    def beta1_at(self, t: float) -> float:
+        """:math:`β_{1,t} = β_1 λ^{t-1}` (:mod:`amsgrad.optimizers.schedules`)."""
+        return beta1_at(self.beta1, self.beta1_decay, t)
+
+    def beta2_at(self, t: float) -> float:
+        """:math:`β_{2,t}`: the constant β2, or AdamNC's schedule at t."""
+        if self.beta2_schedule is None:
+            return self.beta2
+        return scheduled_beta2(None if self.beta2_schedule == "inverse" else self.beta2_schedule, t)
+
+    def adamx_factor(self, t: float) -> float:
+        """AdamX's :math:`((1 - β_{1,t}) / (1 - β_{1,t-1}))^2` (1 for the other maxima)."""
+        return adamx_factor(self.beta1, self.beta1_decay, t) if self.max_of == "adamx" else 1.0
 
     @property
     def decay_factor(self) -> float:
@@ -62,10 +88,11 @@ class StepSettings:
         return 1.0 - self.weight_decay if self.absolute else 1.0 - self.lr * self.weight_decay
 
     def corrections(self, t: float) -> tuple[float, float]:
-        """:math:`(1 - β_1^t, 1 - β_2^t)`, or ``(1, 1)`` without bias correction (as ``Adam``)."""
+        """:math:`(1 - \\prod_{k \\le t} β_{1,k}, 1 - β_2^t)` (:math:`1 - β_1^t` for a constant β1), or
+        ``(1, 1)`` without bias correction (as ``Adam``)."""
         if not self.bias_correction:
             return 1.0, 1.0
-        return 1.0 - self.beta1**t, 1.0 - self.beta2**t
+        return 1.0 - beta1_product(self.beta1, self.beta1_decay, t), 1.0 - self.beta2**t
 
     def update_scalars(self, t: float) -> tuple[float, float, float]:
         """``(c2, √c2 divisor of the denominator, step size)`` of :meth:`amsgrad.Adam.adam_update` at step t.
@@ -78,3 +105,11 @@ class StepSettings:
         if self.optimized_update:
             return c2, 1.0, self.lr * math.sqrt(c2_update) / c1
         return c2, math.sqrt(c2_update), self.lr / c1
+
+
+def schedule_refusal(settings: StepSettings, fallback: str = "the multi-tensor path") -> str:
+    """Why ``fused=True`` is refused for a group whose β1 or β2 changes with t (not ``settings.plain``)."""
+    what = ("AdamNC's beta2_schedule" if settings.beta2_schedule is not None else
+            "AdamX's rescaled maximum" if settings.max_of == "adamx" else f"beta1_decay={settings.beta1_decay!r}")
+    return (f"Invalid fused: True with {what}: no fused kernel computes a step whose beta1 or beta2 changes with "
+            f"t (beta1_decay != 1, AdamNC, AdamX with a decaying beta1). Use fused=None to fall back to {fallback}.")

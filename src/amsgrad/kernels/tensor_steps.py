@@ -13,6 +13,9 @@ parameters' device with ``capturable=True``) and every per-step number is a tens
 
 with the step size and denominator of :meth:`amsgrad.Adam.adam_update` (``max_of="corrected"``
 divides :math:`v_t` by :math:`c_2` before the maximum, and uses 1 for :math:`c_2` afterwards).
+A decaying β1 (:math:`β_{1,t} = β_1 λ^{t-1}`, :math:`c_1 = 1 - β_1^t λ^{t(t-1)/2}`), AdamNC's
+:math:`β_{2,t} = 1 - 1/t` and AdamX's rescaled maximum are tensor operations on the step counts
+too; a ``beta2_schedule`` function is not (it takes a number), and runs on the other paths.
 
 The settings' numbers α, β1, β2, ε, λ come in one small float64 tensor (:func:`coefficients`),
 made before the step (under :func:`torch.compile`, before the graph, which takes it as an
@@ -52,7 +55,9 @@ class TensorStepConfig:
     decay: str  # "none", "coupled", "decoupled" or "absolute"
     optimized_update: bool
     bias_correction: bool
-    max_of: str | None  # None for Adam, else "raw" or "corrected"
+    max_of: str | None  # None for Adam, else "raw", "corrected" or "adamx"
+    beta1_decays: bool = False  # β1,t = β1 λ^(t-1)
+    beta2_inverse: bool = False  # AdamNC's β2,t = 1 - 1/t
 
     @classmethod
     def from_settings(cls, s: StepSettings) -> "TensorStepConfig":
@@ -62,7 +67,10 @@ class TensorStepConfig:
             decay = "coupled"
         else:
             decay = "absolute" if s.absolute else "decoupled"
-        return _config(s.maximize, decay, s.optimized_update, s.bias_correction, s.max_of)
+        if s.beta2_schedule not in (None, "inverse"):
+            raise ValueError("a beta2_schedule function cannot run on tensor step counts (only the default 1 - 1/t can)")
+        return _config(s.maximize, decay, s.optimized_update, s.bias_correction, s.max_of, s.beta1_decay != 1.0,
+                       s.beta2_schedule == "inverse")
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,7 +79,8 @@ def _config(*fields) -> TensorStepConfig:
 
 
 def coefficients(config: TensorStepConfig, settings: StepSettings, device: torch.device) -> torch.Tensor:
-    """(α, β1, 1 - β1, β2, 1 - β2, ε, λ or the decoupled factor 1 - αλ or 1 - λ) on ``device``, in float64.
+    """(α, β1, 1 - β1, β2, 1 - β2, ε, λ or the decoupled factor 1 - αλ or 1 - λ, the β1 decay) on
+    ``device``, in float64.
 
     α and β may be tensors (a capturable group's are not read on the host).
     """
@@ -81,7 +90,7 @@ def coefficients(config: TensorStepConfig, settings: StepSettings, device: torch
     if device.type == "cpu" and not tensors:
         if config.decay == "decoupled":
             decay = 1.0 - s.lr * s.weight_decay
-        values = array.array("d", (s.lr, s.beta1, 1.0 - s.beta1, s.beta2, 1.0 - s.beta2, s.eps, decay))
+        values = array.array("d", (s.lr, s.beta1, 1.0 - s.beta1, s.beta2, 1.0 - s.beta2, s.eps, decay, s.beta1_decay))
         # from a buffer of doubles: a third of the time of torch.tensor(values), and this runs every step
         return torch.frombuffer(values, dtype=torch.float64)
     dtype = torch.float32 if device.type == "mps" else torch.float64
@@ -100,7 +109,7 @@ def coefficients(config: TensorStepConfig, settings: StepSettings, device: torch
 
     lr, beta1, beta2 = tensor(s.lr), tensor(s.beta1), tensor(s.beta2)
     decay = 1.0 - lr * s.weight_decay if config.decay == "decoupled" else tensor(decay)
-    return torch.stack([lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, tensor(s.eps), decay])
+    return torch.stack([lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, tensor(s.eps), decay, tensor(s.beta1_decay)])
 
 
 def tensor_step(
@@ -118,7 +127,7 @@ def tensor_step(
     Returns the per-tensor numbers it computed (a compiled graph then computes them only once).
     """
     c, n = config, len(params)
-    lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay = coefficients.unbind()
+    lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, beta1_decay = coefficients.unbind()
     if c.maximize:
         grads = torch._foreach_neg(grads)
     if c.decay in ("decoupled", "absolute"):  # θ ← θ(1 - αλ) or θ(1 - λ)
@@ -127,19 +136,32 @@ def tensor_step(
         grads = torch._foreach_addcmul(grads, params, [decay] * n)
 
     torch._foreach_add_(steps, 1.0)
+    t = torch.stack(steps).to(coefficients.dtype) if (c.bias_correction or c.beta1_decays or c.beta2_inverse) else None
 
-    # m_t = β1 m_{t-1} + (1 - β1) g_t ;  v_t = β2 v_{t-1} + (1 - β2) g_t²  (as add(alpha=) and addcmul(value=))
-    torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_addcmul_(exp_avgs, grads, [one_minus_beta1] * n)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, torch._foreach_mul(grads, one_minus_beta2), grads)
+    # m_t = β1 m_{t-1} + (1 - β1) g_t ;  v_t = β2 v_{t-1} + (1 - β2) g_t²  (as add(alpha=) and addcmul(value=)),
+    # with β1,t = β1 λ^(t-1) and AdamNC's β2,t = 1 - 1/t where they change with t: one number per tensor
+    if c.beta1_decays:
+        beta1_t = beta1 * beta1_decay.pow(t - 1.0)
+        torch._foreach_mul_(exp_avgs, beta1_t.unbind())
+        torch._foreach_addcmul_(exp_avgs, grads, (1.0 - beta1_t).unbind())
+    else:
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_addcmul_(exp_avgs, grads, [one_minus_beta1] * n)
+    if c.beta2_inverse:
+        beta2_t = 1.0 - 1.0 / t
+        torch._foreach_mul_(exp_avg_sqs, beta2_t.unbind())
+        torch._foreach_addcmul_(exp_avg_sqs, torch._foreach_mul(grads, (1.0 - beta2_t).unbind()), grads)
+    else:
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, torch._foreach_mul(grads, one_minus_beta2), grads)
 
     # Per tensor, as vectors: -step size, then √c2 (torch's form) or c2 (a corrected maximum) where used.
     corrected = c.max_of == "corrected"
     divide = c.bias_correction and not c.optimized_update and not corrected
     if c.bias_correction:
-        t = torch.stack(steps).to(coefficients.dtype)
-        c1, c2 = 1.0 - beta1.pow(t), 1.0 - beta2.pow(t)  # as the readable path's 1.0 - beta**t
+        # as the readable path's 1.0 - beta**t, and 1 - ∏ β1,k = 1 - β1^t λ^(t(t-1)/2) for a decaying β1
+        product = beta1.pow(t) * beta1_decay.pow(t * (t - 1.0) / 2.0) if c.beta1_decays else beta1.pow(t)
+        c1, c2 = 1.0 - product, 1.0 - beta2.pow(t)
         # α √c2 / c1 or α / c1, each one division (a number divided by a tensor would be two roundings)
         rows = [-torch.div(lr * c2.sqrt() if c.optimized_update and not corrected else lr, c1)]
         rows += ([c2.sqrt()] if divide else []) + ([c2] if corrected else [])
@@ -151,7 +173,11 @@ def tensor_step(
     if c.max_of is not None:
         if corrected and c.bias_correction:  # v̂_t = max(v̂_{t-1}, v_t / (1 - β2^t))
             torch._foreach_maximum_(max_exp_avg_sqs, torch._foreach_div(exp_avg_sqs, numbers[-1].unbind()))
-        else:  # v̂_t = max(v̂_{t-1}, v_t)
+        else:  # v̂_t = max(v̂_{t-1}, v_t); AdamX's v̂_{t-1} rescaled by ((1 - β1,t)/(1 - β1,t-1))² first (1 at t = 1)
+            if c.max_of == "adamx":
+                ratio = (1.0 - beta1 * beta1_decay.pow(t - 1.0)) / (1.0 - beta1 * beta1_decay.pow(t - 2.0))
+                factor = torch.where(t == 1.0, torch.ones_like(ratio), ratio * ratio)
+                torch._foreach_mul_(max_exp_avg_sqs, factor.unbind())
             torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
         second_moments = max_exp_avg_sqs
 

@@ -21,6 +21,7 @@ __all__ = [
     "check_choice",
     "check_lr",
     "check_betas",
+    "check_decay",
     "check_non_negative",
     "check_optional_bool",
     "check_non_negative_int",
@@ -41,6 +42,16 @@ def check_non_negative(name: str, value: Any) -> float:
     number = _real_number(name, value)
     if not math.isfinite(number) or number < 0.0:
         raise ValueError(f"Invalid {name}: {value!r} (expected a finite number >= 0)")
+    return number
+
+
+def check_decay(name: str, value: Any) -> float:
+    """A decay factor λ in ``(0, 1]`` (``beta1_decay``: 1 keeps β1 constant)."""
+    if type(value) is float and 0.0 < value <= 1.0:
+        return value
+    number = _real_number(name, value)
+    if not 0.0 < number <= 1.0:  # NaN fails too
+        raise ValueError(f"Invalid {name}: {value!r} (expected a number in (0, 1]; 1 means no decay)")
     return number
 
 

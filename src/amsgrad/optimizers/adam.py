@@ -10,7 +10,6 @@ from typing import Any, Iterable
 import torch
 
 from .. import kernels
-from ..kernels.settings import StepSettings
 from ..quantization.formats import DEFAULT_MIN_COMPRESSED_NUMEL, MOMENTS, parse_state_precision
 from ..quantization.state import (
     compute_dtype,
@@ -27,8 +26,9 @@ from ..quantization.state import (
     write_param,
 )
 from ..quantization.step import compressed_step
-from ._validation import check_bool, check_non_negative, check_non_negative_int
+from ._validation import check_bool, check_decay, check_non_negative, check_non_negative_int
 from .generic import GenericAdaptiveOptimizer, ParamGroup, ParamState
+from .schedules import beta1_at, beta1_product
 from .weight_decay import WeightDecay
 
 __all__ = ["Adam"]
@@ -61,6 +61,17 @@ class Adam(GenericAdaptiveOptimizer):
     :math:`θ_t = θ_{t-1} - α_t m_t / (\sqrt{v_t} + ε)`, which is the form the AMSGrad paper
     analyses (see :class:`~amsgrad.AMSGrad`).
 
+    ``beta1_decay=λ`` (default 1) makes β1 decay, :math:`β_{1,t} = β_1 λ^{t-1}`, the schedule of
+    the AMSGrad paper's convergence results (Reddi et al., Corollary 1): step t uses
+    :math:`β_{1,t}` in place of β1 in :math:`m_t`, and the first-moment correction becomes
+
+    .. math::
+
+        1 - \prod_{k \le t} β_{1,k} = 1 - β_1^t λ^{t(t-1)/2},
+
+    which is :math:`1 - β_1^t` for λ = 1 (bit for bit: λ = 1 is the constant-β1 optimizer).
+    (The paper itself states its theorems without bias correction, ``bias_correction=False``.)
+
     Symbols and arguments: α = ``lr``, (β1, β2) = ``betas``, ε̂ or ε = ``eps``; weight decay
     is described by :class:`~amsgrad.WeightDecay` and applied before the update. Every one of
     these settings (and ``maximize``, ``optimized_update``, ``bias_correction``) is stored in
@@ -86,6 +97,8 @@ class Adam(GenericAdaptiveOptimizer):
         defaults: extra param-group settings, for subclasses (never modified).
         maximize: ascend the objective instead of descending it.
         bias_correction: apply the :math:`1 - β^t` corrections.
+        beta1_decay: λ in ``(0, 1]``, for :math:`β_{1,t} = β_1 λ^{t-1}` (1: a constant β1). A
+            decaying β1 runs the multi-tensor path (no fused kernel computes it).
         foreach: ``True`` runs the multi-tensor (``torch._foreach_*``) step; ``False`` with
             ``fused`` not ``True``, the readable per-tensor loop.
         fused: ``True`` runs a fused single-pass kernel and is an error where none exists;
@@ -206,9 +219,11 @@ class Adam(GenericAdaptiveOptimizer):
         min_compressed_numel: int = DEFAULT_MIN_COMPRESSED_NUMEL,
         capturable: bool = False,
         differentiable: bool = False,
+        beta1_decay: float = 1.0,
     ):
         defaults = {} if defaults is None else dict(defaults)
         defaults.update(
+            beta1_decay=beta1_decay,
             capturable=capturable,
             differentiable=differentiable,
             state_precision=parse_state_precision(state_precision),
@@ -231,6 +246,7 @@ class Adam(GenericAdaptiveOptimizer):
         parse_state_precision(group["state_precision"])
         check_bool("stochastic_rounding", group["stochastic_rounding"])
         check_non_negative_int("min_compressed_numel", group["min_compressed_numel"])
+        check_decay("beta1_decay", group["beta1_decay"])
         check_bool("capturable", group.get("capturable", False))
         _check_implementation(group, _overridden_hooks(type(self)))
 
@@ -358,6 +374,7 @@ class Adam(GenericAdaptiveOptimizer):
                 pass  # validate_group refuses it, naming the group
         saved.setdefault("optimized_update", False)
         saved.setdefault("bias_correction", True)
+        saved.setdefault("beta1_decay", 1.0)  # torch's β1 is constant
         return super()._complete_loaded_group(saved, current)
 
     def _check_loaded_state(self, state_dict: dict[str, Any]) -> None:
@@ -566,12 +583,21 @@ class Adam(GenericAdaptiveOptimizer):
             state["rounding_seed"] = self._new_seed(param)
 
     def get_mv(self, state: ParamState, group: ParamGroup, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update the moving averages in place and return :math:`(m_t, v_t)`."""
-        beta1, beta2 = group["betas"]
+        """Update the moving averages in place and return :math:`(m_t, v_t)`, with step t's
+        :math:`(β_{1,t}, β_{2,t})` from :meth:`_moment_betas`."""
+        beta1, beta2 = self._moment_betas(state, group)
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
         v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
         return m, v
+
+    def _moment_betas(self, state: ParamState, group: ParamGroup) -> tuple[Any, Any]:
+        """:math:`(β_{1,t}, β_2)`: :math:`β_1 λ^{t-1}` (β1 itself with λ = 1) and the constant β2."""
+        beta1, beta2 = group["betas"]
+        decay = group["beta1_decay"]
+        if decay != 1.0:
+            beta1 = beta1_at(beta1, decay, float(state["step"]))
+        return beta1, beta2
 
     def get_lr(self, state: ParamState, group: ParamGroup) -> float:
         """α_t for this step (a plain number; a tensor ``lr`` is read once here)."""
@@ -579,12 +605,13 @@ class Adam(GenericAdaptiveOptimizer):
         return float(lr) if isinstance(lr, torch.Tensor) else lr
 
     def bias_corrections(self, state: ParamState, group: ParamGroup) -> tuple[float, float]:
-        """:math:`(1 - β_1^t, 1 - β_2^t)`, or ``(1, 1)`` with ``bias_correction=False``."""
+        """:math:`(1 - \\prod_{k \\le t} β_{1,k}, 1 - β_2^t)`, which is :math:`(1 - β_1^t, 1 - β_2^t)` for a
+        constant β1, or ``(1, 1)`` with ``bias_correction=False``."""
         if not group["bias_correction"]:
             return 1.0, 1.0
         beta1, beta2 = group["betas"]
         t = float(state["step"])
-        return 1.0 - beta1**t, 1.0 - beta2**t
+        return 1.0 - beta1_product(beta1, group["beta1_decay"], t), 1.0 - beta2**t
 
     def adam_update(self, state: ParamState, group: ParamGroup, param: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> None:
         """:math:`θ_t = θ_{t-1} - \\text{step size} \\cdot m_t / \\text{denominator}`, in place."""
@@ -633,7 +660,7 @@ class Adam(GenericAdaptiveOptimizer):
             if _overridden_hooks(type(self)):
                 self._step_decoded(state, group, grad, param, storage)
             else:  # the grad is already negated for maximize
-                settings = dataclasses.replace(StepSettings.from_group(group, self._max_of(group)), maximize=False)
+                settings = dataclasses.replace(kernels.StepSettings.from_group(group, self._max_of(group)), maximize=False)
                 compressed_step(settings, param, grad, state, storage, group["stochastic_rounding"])
             return
         grad = WeightDecay.apply(param, grad, group, self.get_lr(state, group))

@@ -56,7 +56,8 @@ class AMSGrad(Adam):
           sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: (k + 1) ** -0.5)
           # call sched.step() after every opt.step()
 
-      (The paper's :math:`β_{1t}` schedule is not modelled; a constant β1 is the common case.)
+      The paper's decaying :math:`β_{1,t} = β_1 λ^{t-1}` is ``beta1_decay=λ`` (see
+      :class:`~amsgrad.Adam`); :class:`~amsgrad.AdamX` is the variant whose maximum accounts for it.
     * ``amsgrad=False``: plain :class:`~amsgrad.Adam`.
 
     Low-memory state: ``state_precision=torch.bfloat16``, ``"int8"`` or ``"int4"`` stores the
@@ -87,7 +88,7 @@ class AMSGrad(Adam):
     Args:
         params, lr, betas, eps, weight_decay, optimized_update, maximize, bias_correction,
         foreach, fused, nonfinite, state_precision, stochastic_rounding, min_compressed_numel, capturable,
-        differentiable: as for
+        differentiable, beta1_decay: as for
         :class:`~amsgrad.Adam` (implementations too: a subclass that overrides a hook runs on the
         readable path).
         amsgrad: keep the running maximum (``False`` falls back to Adam).
@@ -135,6 +136,7 @@ class AMSGrad(Adam):
         min_compressed_numel: int = DEFAULT_MIN_COMPRESSED_NUMEL,
         capturable: bool = False,
         differentiable: bool = False,
+        beta1_decay: float = 1.0,
     ):
         defaults = {} if defaults is None else dict(defaults)
         defaults.update(amsgrad=amsgrad, max_of=max_of)
@@ -156,12 +158,16 @@ class AMSGrad(Adam):
             min_compressed_numel=min_compressed_numel,
             capturable=capturable,
             differentiable=differentiable,
+            beta1_decay=beta1_decay,
         )
+
+    #: The values of ``max_of`` this class takes.
+    MAX_OF = MAX_OF_CHOICES
 
     def validate_group(self, group: ParamGroup) -> None:
         super().validate_group(group)
         check_bool("amsgrad", group["amsgrad"])
-        check_choice("max_of", group["max_of"], MAX_OF_CHOICES)
+        check_choice("max_of", group["max_of"], self.MAX_OF)
 
     def _max_of(self, group: ParamGroup) -> str | None:
         return group["max_of"] if group["amsgrad"] else None

@@ -1,7 +1,8 @@
 r"""The reference compressed step: what the numbers of a step with low-memory state are, in torch ops.
 
 One tensor at a time, on any device. The fast kernels (:mod:`amsgrad.kernels.native`) compute
-exactly this, bit for bit: every line below is one correctly rounded float32 operation
+exactly this, bit for bit, for a constant β1 and β2 (a decaying β1, AdamNC's β2 schedule and
+AdamX's rescaled maximum run here only): every line below is one correctly rounded float32 operation
 (``*``, ``+``, ``/``, ``maximum``, and ``sqrt`` through :func:`.rounding.sqrt_float32`, since
 torch's own float32 ``sqrt`` on CPU is not correctly rounded) on float32 numbers, with the
 group's scalars rounded to float32 first, so there is only one way to evaluate it. (The float32 kernel of
@@ -15,13 +16,17 @@ For each element, with :math:`\tilde{x}` the decoded state (see :mod:`.blockwise
 
     g &\leftarrow σ g, \quad θ \leftarrow θ·(1 - αλ) \text{ (decoupled)}, \quad
         g \leftarrow g + λθ \text{ (coupled)} \\
-    m_t &= \tilde{m}_{t-1} β_1 + g (1 - β_1) \\
-    v_t &= \tilde{v}_{t-1} β_2 + (g g)(1 - β_2) \\
+    m_t &= \tilde{m}_{t-1} β_{1,t} + g (1 - β_{1,t}) \\
+    v_t &= \tilde{v}_{t-1} β_{2,t} + (g g)(1 - β_{2,t}) \\
     u_t &= \max(\tilde{v}^{\max}_{t-1}, v_t) \text{ or } \max(\tilde{v}^{\max}_{t-1}, v_t / (1 - β_2^t))
-        \text{ (AMSGrad)}, \quad u_t = v_t \text{ (Adam)} \\
+        \text{ (AMSGrad)}, \quad \max(\tilde{v}^{\max}_{t-1} φ_t, v_t) \text{ (AdamX)}, \quad
+        u_t = v_t \text{ (Adam)} \\
     θ_t &= θ + (m_t · (-η_t)) / (\sqrt{u_t} / δ_t + ε)
 
-with the step size :math:`η_t` and divisor :math:`δ_t` of :meth:`amsgrad.kernels.StepSettings.update_scalars`
+with :math:`β_{1,t}, β_{2,t}` the group's (constant β1 and β2, or ``beta1_decay``'s and AdamNC's
+schedules, :meth:`amsgrad.kernels.StepSettings.beta1_at`, ``beta2_at``), AdamX's factor
+:math:`φ_t = ((1 - β_{1,t}) / (1 - β_{1,t-1}))^2` (:meth:`~amsgrad.kernels.StepSettings.adamx_factor`),
+the step size :math:`η_t` and divisor :math:`δ_t` of :meth:`amsgrad.kernels.StepSettings.update_scalars`
 (both update forms, with or without bias correction). Then :math:`m_t, v_t, u_t` are stored
 (to nearest, stochastically, or, for the maximum, up) and θ is written in its dtype, to
 nearest even or, with ``stochastic_rounding``, stochastically. The update uses the exact
@@ -67,12 +72,17 @@ def compressed_step(settings: StepSettings, param: torch.Tensor, grad: torch.Ten
             theta = theta * scalar(s.decay_factor)
         else:
             g = g + theta * scalar(s.weight_decay)
-    m = decode(state, "exp_avg", storage, param) * scalar(s.beta1) + g * scalar(1.0 - s.beta1)
-    v = decode(state, "exp_avg_sq", storage, param) * scalar(s.beta2) + (g * g) * scalar(1.0 - s.beta2)
+    beta1, beta2 = (s.beta1, s.beta2) if s.plain else (s.beta1_at(t), s.beta2_at(t))
+    m = decode(state, "exp_avg", storage, param) * scalar(beta1) + g * scalar(1.0 - beta1)
+    v = decode(state, "exp_avg_sq", storage, param) * scalar(beta2) + (g * g) * scalar(1.0 - beta2)
     u = v
     if amsgrad:
         candidate = v / scalar(c2) if s.max_of == "corrected" else v
-        u = torch.maximum(decode(state, "max_exp_avg_sq", storage, param), candidate)
+        previous = decode(state, "max_exp_avg_sq", storage, param)
+        factor = s.adamx_factor(t)
+        if factor != 1.0:
+            previous = previous * scalar(factor)
+        u = torch.maximum(previous, candidate)
     d = rounding.sqrt_float32(u)
     if divisor != 1.0:
         d = d / scalar(divisor)

@@ -86,7 +86,7 @@ def default_configs(
     **common: Any,
 ) -> list[TrainConfig]:
     """The grid of ``model`` with its defaults (:data:`~.models.MODELS`) where an argument is None."""
-    from .models import BETA2S, MODELS
+    from .protocol import BETA2S, MODELS
 
     info = MODELS[model] if model in MODELS else None
     if info is None:
