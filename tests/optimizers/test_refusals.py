@@ -37,13 +37,13 @@ def assert_unchanged(before, optimizer, params):
     assert [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups] == old_groups
 
 
-def two_groups(**second):
-    """An optimizer whose first group always could step; the second is given ``second``. Three steps done,
-    and a new parameter in each group (no state yet) with a gradient."""
-    a, b = make_params(shapes=[(3, 2), (4,)]), make_params(seed=1, shapes=[(5,), (2, 2)])
-    optimizer = amsgrad.AMSGrad([{"params": a}, {"params": b}])
+def two_groups(options: dict | None = None, dtype: torch.dtype = torch.float64, **second):
+    """An optimizer (``AMSGrad(..., **options)``) whose first group always could step; the second is given
+    ``second``. Three steps done, and a new parameter in each group (no state yet) with a gradient."""
+    a, b = make_params(dtype=dtype, shapes=[(3, 2), (4,)]), make_params(seed=1, dtype=dtype, shapes=[(5,), (2, 2)])
+    optimizer = amsgrad.AMSGrad([{"params": a}, {"params": b}], **(options or {}))
     run_steps(optimizer, a + b, range(3))
-    fresh_a, fresh_b = make_params(seed=2, shapes=[(3,)]), make_params(seed=3, shapes=[(3,)])
+    fresh_a, fresh_b = make_params(seed=2, dtype=dtype, shapes=[(3,)]), make_params(seed=3, dtype=dtype, shapes=[(3,)])
     optimizer.param_groups[0]["params"].extend(fresh_a)
     optimizer.param_groups[1]["params"].extend(fresh_b)
     optimizer.param_groups[1].update(second)

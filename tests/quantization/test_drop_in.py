@@ -20,7 +20,7 @@ from amsgrad.optimizers.nonfinite import NonFiniteGradientError
 from amsgrad.quantization.state import float_moments
 from tests.optimizers.helpers import assert_same_run, clone_params, gradients, run_steps
 from tests.optimizers.test_capturable_differentiable import NoHostReads
-from tests.optimizers.test_refusals import assert_unchanged, snapshot
+from tests.optimizers.test_refusals import assert_unchanged, snapshot, two_groups
 
 PRECISIONS = [torch.bfloat16, "int8", "int4"]
 PRECISION_IDS = ["bfloat16", "int8", "int4"]
@@ -125,19 +125,8 @@ def test_a_schedule_runs_the_reference_compressed_step_and_follows_the_float_sta
 
 # ------------------------------------------------------------ refusals change nothing
 def compressed_groups(**second):
-    """Two int8 groups (every tensor compressed), three steps done, a new parameter in each, gradients
-    set; the second group is then given ``second``."""
-    a, b = make_params(shapes=[(3, 2), (4,)]), make_params(seed=1, shapes=[(5,), (2, 2)])
-    optimizer = amsgrad.AMSGrad([{"params": a}, {"params": b}], state_precision="int8", min_compressed_numel=0)
-    run_steps(optimizer, a + b, range(3))
-    fresh_a, fresh_b = make_params(seed=2, shapes=[(3,)]), make_params(seed=3, shapes=[(3,)])
-    optimizer.param_groups[0]["params"].extend(fresh_a)
-    optimizer.param_groups[1]["params"].extend(fresh_b)
-    optimizer.param_groups[1].update(second)
-    params = a + fresh_a + b + fresh_b
-    for param, grad in zip(params, gradients(params, 3)):
-        param.grad = grad
-    return optimizer, params
+    """Two int8 groups (every tensor compressed), as :func:`two_groups` makes them."""
+    return two_groups(dict(state_precision="int8", min_compressed_numel=0), torch.float32, **second)
 
 
 REFUSALS = {
