@@ -160,3 +160,54 @@ def test_a_signal_stops_the_grid_and_saves_the_runs(tmp_path, signum, status):
         client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
         runs_recorded = client.search_runs([client.get_experiment_by_name("train").experiment_id])
         assert sorted(r.info.status for r in runs_recorded) == ["KILLED"] * 3  # the parent and both children
+
+
+def test_a_grid_on_a_cluster_started_apart_with_dask_s_own_commands(run_cli, tmp_path):
+    # As a user with a cluster would: `dask scheduler` and `dask worker` are separate processes,
+    # and the command only gets the scheduler's address.
+    import socket
+    import sys
+
+    from distributed import Client
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = clean_env()
+    logs = tmp_path / "workers.log"
+    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                   "--port", str(port), "--no-dashboard"], cwd=tmp_path, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        with logs.open("w") as log:
+            processes.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                               "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    client.wait_for_workers(2, timeout=60)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the scheduler never started"
+                time.sleep(0.5)
+        write_mnist(tmp_path / "mnist", train=400, test=100, learnable=True)
+        done = run_cli("train", "--model", "logreg", "--dataset", "mnist", "--data-dir", "mnist", "--steps", "20",
+                       "--lr", "0.1", "--beta2", "0.99", "--seeds", "0", "--eval-every", "10", "--scheduler", address,
+                       "--out", "out", "--no-track", "--json")
+        assert done.returncode == 0, done.stderr
+        document = done.json()
+        assert document["completed"] and document["scheduler"] == address and document["workers"] == 2
+        assert [r["optimizer"] for r in document["results"]] == ["adam", "amsgrad"]
+        assert all(r["final_test_accuracy"] > 0.5 for r in document["results"])
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    assert "amsgrad-train-data" in logs.read_text()  # the data reached the workers, which ran the runs
