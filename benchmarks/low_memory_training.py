@@ -37,6 +37,9 @@ RUNS = {
     "AMSGrad int8 state": dict(cls="AMSGrad", state_precision="int8"),
     "AMSGrad int4 state": dict(cls="AMSGrad", state_precision="int4"),
     "Adam float32": dict(cls="Adam"),
+    # Adam with compressed m and v: what the codes of m and v cost without AMSGrad's maximum
+    "Adam int8 state": dict(cls="Adam", state_precision="int8"),
+    "Adam int4 state": dict(cls="Adam", state_precision="int4"),
     "AMSGrad bf16 params": dict(cls="AMSGrad", params=torch.bfloat16),
     "AMSGrad bf16 params, stochastic rounding": dict(cls="AMSGrad", params=torch.bfloat16, stochastic_rounding=True),
 }
@@ -115,10 +118,12 @@ def plot(results: list[dict], path: Path) -> None:
 
     styles = {"AMSGrad float32": ("black", "-"), "AMSGrad bfloat16 state": ("tab:blue", "--"),
               "AMSGrad int8 state": ("tab:green", "-."), "AMSGrad int4 state": ("tab:orange", ":"),
-              "Adam float32": ("tab:gray", (0, (1, 1))), "AMSGrad bf16 params": ("tab:red", "--"),
+              "Adam float32": ("tab:gray", (0, (1, 1))), "Adam int8 state": ("tab:olive", (0, (3, 1, 1, 1))),
+              "Adam int4 state": ("tab:brown", (0, (5, 2))), "AMSGrad bf16 params": ("tab:red", "--"),
               "AMSGrad bf16 params, stochastic rounding": ("tab:purple", "-")}
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, names in ((axes[0], list(RUNS)[:5]), (axes[1], [BASELINE] + list(RUNS)[5:])):
+    split = list(RUNS).index("AMSGrad bf16 params")
+    for ax, names in ((axes[0], list(RUNS)[:split]), (axes[1], [BASELINE] + list(RUNS)[split:])):
         for name in names:
             runs = [r for r in results if r["name"] == name]
             steps = [s for s, _ in runs[0]["curve"]]
@@ -130,7 +135,8 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0].set_ylabel("training loss (mean, range of 3 seeds)")
+    seeds = len({r["seed"] for r in results})
+    axes[0].set_ylabel(f"training loss (mean, range of {seeds} seeds)")
     axes[0].set_title("optimizer state precision (float32 parameters)")
     axes[1].set_title("bfloat16 parameters (state: bfloat16)")
     figure.suptitle("Small CNN on the 8x8 digits: AMSGrad with low-memory state", fontsize=11)
