@@ -104,7 +104,7 @@ def measure(size: int, rounds: int, only: list[str] | None = None) -> list[dict[
             print(f"{name}: does not run here ({type(error).__name__}: {str(error).splitlines()[0][:100]})")
     times: dict[str, list[float]] = {name: [] for name in live}
     names = list(live)
-    for round_index in range(rounds):
+    for round_index in range(rounds if names else 0):  # --only may name none of them (--cycles alone)
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             _, optimizer, _ = live[name]

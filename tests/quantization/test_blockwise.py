@@ -76,24 +76,48 @@ def _gradient_sequences():
 
 @settings(max_examples=60, deadline=None)
 @given(sequence=_gradient_sequences(), beta2=st.sampled_from([0.0, 0.5, 0.9, 0.999]),
-       fmt_name=st.sampled_from(sorted(BLOCK_FORMATS)))
-def test_the_stored_maximum_never_decreases(sequence, beta2, fmt_name):
+       fmt_name=st.sampled_from(sorted(BLOCK_FORMATS)), step_rule=st.booleans())
+def test_the_stored_maximum_never_decreases(sequence, beta2, fmt_name, step_rule):
+    # step_rule: the optimizers' rule (nearest, never below the previous decoded maximum); else
+    # rounded up, the rule of a state converted from float values.
     fmt = BLOCK_FORMATS[fmt_name]
     code_map = fmt.exp_avg_sq
     numel = 300
     v = torch.zeros(numel)
-    stored = blockwise.quantize(torch.zeros(numel), code_map, fmt.block, round_up=True)
     previous = torch.zeros(numel)
     for log_scale, where, log_spike, noise in sequence:
         g = torch.randn(numel, generator=torch.Generator().manual_seed(noise)) * 2.0**log_scale
         g[where] *= 2.0**log_spike
         v = v * beta2 + (g * g) * (1 - beta2)
         u = torch.maximum(previous, v)  # the kernel's u_t, from the decoded previous maximum
-        stored = blockwise.quantize(u, code_map, fmt.block, round_up=True)
+        stored = blockwise.quantize(u, code_map, fmt.block, round_up=True, floor=previous if step_rule else None)
         decoded = blockwise.dequantize(*stored, code_map, fmt.block, numel)
-        assert torch.all(decoded >= u)
         assert torch.all(decoded >= previous)
+        if step_rule:  # the nearest code, unless that one is below the floor
+            nearest = blockwise.dequantize(*blockwise.quantize(u, code_map, fmt.block), code_map, fmt.block, numel)
+            tiny = (stored[1] < blockwise.TINY_SCALE).repeat_interleave(fmt.block)[:numel]
+            assert torch.all((decoded == nearest) | (decoded >= previous) & (nearest < previous) | tiny)
+        else:
+            assert torch.all(decoded >= u)
         previous = decoded
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), log_scale=st.floats(-90, 60), fmt_name=st.sampled_from(sorted(BLOCK_FORMATS)))
+def test_the_step_rule_keeps_an_unchanged_maximum_and_rounds_a_new_one_to_nearest(seed, log_scale, fmt_name):
+    fmt = BLOCK_FORMATS[fmt_name]
+    code_map = fmt.exp_avg_sq
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(2 * fmt.block, generator=generator) ** 8 * 2.0**log_scale
+    storage, scales = blockwise.quantize(x, code_map, fmt.block, round_up=True)
+    decoded = blockwise.dequantize(storage, scales, code_map, fmt.block, x.numel())
+    # nothing new: the same codes (it does not creep up)
+    again = blockwise.quantize(decoded, code_map, fmt.block, round_up=True, floor=decoded)
+    assert torch.equal(again[0], storage) and torch.equal(again[1], scales)
+    # a floor of zero: plain nearest rounding (outside blocks too small to decode safely)
+    fresh = blockwise.quantize(x, code_map, fmt.block, round_up=True, floor=torch.zeros_like(x))
+    if bool((scales >= blockwise.TINY_SCALE).all()):
+        assert torch.equal(fresh[0], blockwise.quantize(x, code_map, fmt.block)[0])
 
 
 def test_round_to_nearest_would_let_the_maximum_decrease():

@@ -677,6 +677,8 @@ class Adam(GenericAdaptiveOptimizer):
         keys = [key for key in MOMENTS if has_moment(state, key)]
         for key in keys:
             local[key] = decode(state, key, storage, param).clone()
+        # the maximum is stored never below its previous value (the hooks update it in place)
+        floor = local["max_exp_avg_sq"].clone() if "max_exp_avg_sq" in keys else None
         grad = WeightDecay.apply(work, grad, group, self.get_lr(local, group))
         local["step"] += 1  # the same tensor as state["step"]
         m, v = self.get_mv(local, group, grad)
@@ -687,7 +689,7 @@ class Adam(GenericAdaptiveOptimizer):
             if key in local and key not in keys:  # a hook created it (the maximum of a switched group)
                 init_storage(state, storage, param, keys=(key,))
             if key in local:
-                encode(state, key, storage, local[key], seed, step)
+                encode(state, key, storage, local[key], seed, step, floor=floor if key == "max_exp_avg_sq" else None)
         write_param(param, work, group["stochastic_rounding"], seed, step)
 
 

@@ -62,8 +62,9 @@ class AMSGrad(Adam):
 
     Low-memory state: ``state_precision=torch.bfloat16``, ``"int8"`` or ``"int4"`` stores the
     three moments in 6, 3.05 or 1.59 bytes per parameter (torch's AMSGrad: 12). The maximum is
-    rounded up when stored, so its decoded value never decreases, element by element, at any
-    step and in every format, as AMSGrad's analysis needs (see :class:`~amsgrad.Adam` and
+    stored never below its previous decoded value (bfloat16: rounded up; int8/int4: to nearest
+    where that allows), so its decoded value never decreases, element by element, at any step
+    and in every format, as AMSGrad's analysis needs (see :class:`~amsgrad.Adam` and
     :mod:`amsgrad.quantization`). bitsandbytes refuses 8-bit AMSGrad; torchao rounds the
     maximum to nearest, which lets it decrease.
 

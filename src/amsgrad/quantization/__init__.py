@@ -3,7 +3,7 @@ r"""Low-memory optimizer state, defined once, in readable torch code: what ``sta
 Modules, one per concern:
 
 * :mod:`.codes`: the code maps (which number each 8- or 4-bit code stands for);
-* :mod:`.blockwise`: block-wise absmax quantization, and why the maximum is rounded up;
+* :mod:`.blockwise`: block-wise absmax quantization, and how the maximum is kept from decreasing;
 * :mod:`.rounding`: float32 to bfloat16 to nearest, up, and stochastically, with counter-based
   random bits;
 * :mod:`.formats`: the formats that ``state_precision`` names, and why these maps;

@@ -7,15 +7,20 @@ float32 so that a zero or subnormal scale stays finite). Decoding is
 :math:`\tilde{x}_i = \mathrm{value}(c_i) \cdot s`, one float32 product. 4-bit codes are packed
 two to a byte, the even element in the low nibble.
 
-**The maximum is rounded up.** AMSGrad's promise is :math:`\hat{v}_t \ge \hat{v}_{t-1}` for
+**The maximum never decreases.** AMSGrad's promise is :math:`\hat{v}_t \ge \hat{v}_{t-1}` for
 every element at every step. The quantized kernels compute
 :math:`u_i = \max(\tilde{v}^{\max}_{t-1,i}, v_{t,i})` exactly in float32 and store the block
-with :func:`quantize` ``(round_up=True)``: the new scale is :math:`s' = \max_i u_i`, and each
-element gets the *smallest* code whose decoded value :math:`\mathrm{value}(c) \cdot s'` is
-:math:`\ge u_i` (checked with the decoder's own float32 product, so no rounding in between can
-undo it; the top code decodes to :math:`s'` itself, so such a code always exists). Hence
-:math:`\tilde{v}^{\max}_{t} \ge u \ge \tilde{v}^{\max}_{t-1}`, element by element, at every
-step, in every format.
+with :func:`quantize` ``(round_up=True, floor=`` :math:`\tilde{v}^{\max}_{t-1}` ``)``: the new scale
+is :math:`s' = \max_i u_i`, and each element gets the larger of its nearest code and the
+*smallest* code whose decoded value :math:`\mathrm{value}(c) \cdot s'` is
+:math:`\ge \tilde{v}^{\max}_{t-1,i}` (checked with the decoder's own float32 product, so no
+rounding in between can undo it; the top code decodes to :math:`s'` itself, so such a code
+always exists). Hence :math:`\tilde{v}^{\max}_{t} \ge \tilde{v}^{\max}_{t-1}`, element by
+element, at every step, in every format. Without ``floor`` (a state converted from float
+values) each element gets the smallest code not below :math:`u_i` itself. Rounding every
+:math:`u_i` up also keeps the maximum non-decreasing, but each re-encoding on a grown scale then
+inflates it again, which at 4 bits costs training quality; the floor rule rounds to nearest
+wherever that keeps the promise.
 
 Why round-to-nearest breaks it: the codes are relative to the block's scale, and the scale
 changes whenever any element of the block sets a new maximum. An element whose maximum did not
@@ -83,15 +88,23 @@ def reciprocal_scale(scales: torch.Tensor) -> torch.Tensor:
     return torch.where(r < FLOAT32_MAX, r, torch.full_like(r, FLOAT32_MAX))
 
 
-def quantize(x: torch.Tensor, code_map: CodeMap, block: int, round_up: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(x: torch.Tensor, code_map: CodeMap, block: int, round_up: bool = False,
+             floor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes (uint8 storage) and float32 scales of the flat float32 tensor ``x``.
 
     ``round_up=False``: each element gets the code of the value nearest to :math:`x \\cdot r`
     (half away from zero); for a sqrt-linear map, nearest in the square root, computed as
-    :math:`\\sqrt{x} \\cdot (\\sqrt{r}\\, 2^b)` so that a kernel can reuse the :math:`\\sqrt{x}` of the update. ``round_up=True`` (unsigned maps, for the maximum): the smallest code
-    whose decoded value is not below the element (see the module docstring); in a block whose
-    scale is below 2^-96, where a decoded product could underflow, every element gets the top
-    code, whose value is the scale itself.
+    :math:`\\sqrt{x} \\cdot (\\sqrt{r}\\, 2^b)` so that a kernel can reuse the :math:`\\sqrt{x}` of the
+    update. ``round_up=True`` (unsigned maps, for the maximum): the smallest code whose decoded
+    value is not below the element (see the module docstring); in a block whose scale is below
+    2^-96, where a decoded product could underflow, every element gets the top code, whose value
+    is the scale itself.
+
+    ``floor`` (with ``round_up=True``; flat, like ``x``, every element at most ``x``'s): the
+    maximum's step rule. Each element gets the larger of its nearest code and the smallest code
+    whose decoded value is not below its floor (the previous decoded maximum), both on the
+    block's new scale (that of ``x``): the decoded value never falls below the floor, and is the
+    nearest one where that allows.
     """
     x = x.reshape(-1).float()
     numel = x.numel()
@@ -100,6 +113,23 @@ def quantize(x: torch.Tensor, code_map: CodeMap, block: int, round_up: bool = Fa
     # element. (v and v̂ are never negative: their absolute maximum is their maximum.)
     scales = rows.abs().amax(dim=1) if numel else x.new_zeros(0)
     scales = torch.where(torch.isnan(scales), torch.full_like(scales, float("nan")), scales)
+    if not round_up:
+        codes = _codes(rows, scales, code_map, round_up=False)
+    elif floor is None:
+        codes = _codes(rows, scales, code_map, round_up=True)
+    else:
+        nearest = _codes(rows, scales, code_map, round_up=False)
+        codes = torch.maximum(nearest, _codes(_blocks(floor.reshape(-1).float(), block), scales, code_map, True))
+    if round_up:  # below this scale a product could underflow: the whole block takes the top code (= the scale)
+        top = len(code_map.magnitudes) - 1
+        tiny = ~(scales >= TINY_SCALE)
+        codes = torch.where(tiny[:, None] & ~torch.isnan(scales)[:, None], torch.full_like(codes, top), codes)
+    return pack(codes.reshape(-1)[:numel], code_map.bits), scales
+
+
+def _codes(rows: torch.Tensor, scales: torch.Tensor, code_map: CodeMap, round_up: bool) -> torch.Tensor:
+    """The codes of ``rows`` (blocks of float32 values) on the blocks' ``scales``: nearest, or the
+    smallest code whose decoded value is not below the value (``round_up``)."""
     r = reciprocal_scale(scales)[:, None]
     top = len(code_map.magnitudes) - 1
     if code_map.kind == "sqrt_linear":
@@ -109,24 +139,19 @@ def quantize(x: torch.Tensor, code_map: CodeMap, block: int, round_up: bool = Fa
         if not round_up:
             q = root * gain + 0.5
             q = torch.where(q < float(code_map.size), q, torch.full_like(q, float(code_map.size)))
-            codes = (q.to(torch.int64) - 1).clamp_(0, top)
-        else:
-            q = root * (gain * UP_BIAS)
-            q = torch.where(q < float(code_map.size), q, torch.full_like(q, float(code_map.size)))
-            whole = q.to(torch.int64)
-            codes = (whole + (q > whole).to(torch.int64) - 1).clamp_(0, top)
+            return (q.to(torch.int64) - 1).clamp_(0, top)
+        q = root * (gain * UP_BIAS)
+        q = torch.where(q < float(code_map.size), q, torch.full_like(q, float(code_map.size)))
+        whole = q.to(torch.int64)
+        codes = (whole + (q > whole).to(torch.int64) - 1).clamp_(0, top)
     elif round_up:
         codes = code_map.encode_up(rows * r)
     else:
-        codes = code_map.encode_nearest(rows * r)
-    if round_up:  # from the smallest sufficient code or the one below it: check with the decoder's product
-        table = code_map.magnitude_table.to(x.device)
-        short = table[codes] * scales[:, None] < rows
-        codes = torch.where(short, (codes + 1).clamp_(max=top), codes)
-        # Below this scale a product could underflow: the whole block takes the top code (= the scale).
-        tiny = ~(scales >= TINY_SCALE)
-        codes = torch.where(tiny[:, None] & ~torch.isnan(scales)[:, None], torch.full_like(codes, top), codes)
-    return pack(codes.reshape(-1)[:numel], code_map.bits), scales
+        return code_map.encode_nearest(rows * r)
+    # from the smallest sufficient code or the one below it: check with the decoder's product
+    table = code_map.magnitude_table.to(rows.device)
+    short = table[codes] * scales[:, None] < rows
+    return torch.where(short, (codes + 1).clamp_(max=top), codes)
 
 
 def dequantize(storage: torch.Tensor, scales: torch.Tensor, code_map: CodeMap, block: int, numel: int) -> torch.Tensor:

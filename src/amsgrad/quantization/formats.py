@@ -59,7 +59,7 @@ class BlockFormat:
     bits: int
     block: int
     exp_avg: CodeMap
-    exp_avg_sq: CodeMap  # also the maximum's, rounded up
+    exp_avg_sq: CodeMap  # also the maximum's, never stored below its previous value
 
     def code_map(self, key: str) -> CodeMap:
         return self.exp_avg if key == "exp_avg" else self.exp_avg_sq

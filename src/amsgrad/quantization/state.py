@@ -90,11 +90,17 @@ def decode(state: dict[str, Any], key: str, storage: Storage, param: torch.Tenso
 
 
 def encode(state: dict[str, Any], key: str, storage: Storage, value: torch.Tensor, seed: int | None = None,
-           step: int = 0) -> None:
-    """Store ``value`` (the new moment) into the state, rounding as the storage says."""
+           step: int = 0, floor: torch.Tensor | None = None) -> None:
+    """Store ``value`` (the new moment) into the state, rounding as the storage says.
+
+    ``floor``: for the maximum in a block format, the previous decoded maximum (a step's rule, see
+    :func:`.blockwise.quantize`: nearest, never below it); without one the maximum is rounded up
+    (a state converted or created from float values)."""
     if storage.kind == "block":
         fmt = storage.block_format
-        codes, scales = blockwise.quantize(value, fmt.code_map(key), fmt.block, round_up=key == "max_exp_avg_sq")
+        maximum = key == "max_exp_avg_sq"
+        codes, scales = blockwise.quantize(value, fmt.code_map(key), fmt.block, round_up=maximum,
+                                           floor=floor if maximum else None)
         state[f"{key}_codes"].copy_(codes)
         state[f"{key}_scales"].copy_(scales)
     elif storage.kind == "bfloat16":

@@ -28,7 +28,9 @@ schedules, :meth:`amsgrad.kernels.StepSettings.beta1_at`, ``beta2_at``), AdamX's
 :math:`φ_t = ((1 - β_{1,t}) / (1 - β_{1,t-1}))^2` (:meth:`~amsgrad.kernels.StepSettings.adamx_factor`),
 the step size :math:`η_t` and divisor :math:`δ_t` of :meth:`amsgrad.kernels.StepSettings.update_scalars`
 (both update forms, with or without bias correction). Then :math:`m_t, v_t, u_t` are stored
-(to nearest, stochastically, or, for the maximum, up) and θ is written in its dtype, to
+(to nearest, stochastically, or, for the maximum, up in bfloat16 and, in the block formats, to
+nearest but never below :math:`\tilde{v}^{\max}_{t-1}` (φ_t-scaled), see :func:`.blockwise.quantize`)
+and θ is written in its dtype, to
 nearest even or, with ``stochastic_rounding``, stochastically. The update uses the exact
 float32 :math:`m_t, u_t`; only the next step sees them decoded.
 """
@@ -93,5 +95,5 @@ def compressed_step(settings: StepSettings, param: torch.Tensor, grad: torch.Ten
     encode(state, "exp_avg", storage, m, seed, step)
     encode(state, "exp_avg_sq", storage, v, seed, step)
     if amsgrad:
-        encode(state, "max_exp_avg_sq", storage, u, seed, step)
+        encode(state, "max_exp_avg_sq", storage, u, seed, step, floor=previous)
     write_param(param, theta, stochastic_rounding, seed, step)

@@ -137,17 +137,22 @@ static inline void pack4(const uint8_t *restrict codes, uint8_t *restrict packed
 }
 
 /* The new value of one moment of one block (a block format) into its storage, given the block's
-   scale s (its maximum). ROLE: exp_avg (0), exp_avg_sq (1), or the maximum (2, rounded up).
-   ROOT: the elements' square roots where the update has them (NULL: computed here). */
+   scale s (its maximum). ROLE: exp_avg (0), exp_avg_sq (1), or the maximum (2: nearest, but never
+   below FLOOR, the previous decoded maximum; see blockwise.quantize). ROOT: the elements' square
+   roots where the update has them (NULL: computed here). */
 static inline __attribute__((always_inline)) void encode_block(
         const int STATE, const int ROLE, void *restrict storage, float *restrict scales, int64_t start, int len,
-        const float *restrict x, const float *restrict root, float s) {
+        const float *restrict x, const float *restrict root, float s, const float *restrict floor) {
     const int eight = STATE == STATE_INT8;
     const int block = eight ? 256 : 128;
     const float r = reciprocal_scale(s);
+    /* The maximum's block on an unchanged scale: the smallest code not below the floor (the old
+       decoded value) is the old code itself, so it is read instead of computed. */
+    const int same_scale = ROLE == 2 && scales[start / block] == s;
     scales[start / block] = s;
     uint8_t local[BLOCK_MAX];
     uint8_t *c = eight ? (uint8_t *)storage + start : local;
+    if (same_scale && !eight) unpack4((const uint8_t *)storage + start / 2, local, len);
     if (ROLE == 0) {
         if (eight) for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_m8(x[i] * r);
         else for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_m4(x[i] * r);
@@ -163,8 +168,18 @@ static inline __attribute__((always_inline)) void encode_block(
             memset(c, eight ? v8_COUNT - 1 : v4_COUNT - 1, len);
         } else {
             const float gain_up = gain * UP_BIAS, s_scaled = s * (1.0f / (count * count));
-            if (eight) for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_max_v8(x[i], root[i], gain_up, s_scaled);
-            else for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_max_v4(x[i], root[i], gain_up, s_scaled);
+            if (same_scale) for (int i = 0; i < len; ++i) {
+                uint32_t near = eight ? encode_nearest_v8(root[i], gain) : encode_nearest_v4(root[i], gain);
+                c[i] = (uint8_t)(near > c[i] ? near : c[i]);
+            } else if (eight) for (int i = 0; i < len; ++i) {
+                uint32_t near = encode_nearest_v8(root[i], gain);
+                uint32_t up = encode_max_v8(floor[i], sqrtf(floor[i]), gain_up, s_scaled);
+                c[i] = (uint8_t)(near > up ? near : up);
+            } else for (int i = 0; i < len; ++i) {
+                uint32_t near = encode_nearest_v4(root[i], gain);
+                uint32_t up = encode_max_v4(floor[i], sqrtf(floor[i]), gain_up, s_scaled);
+                c[i] = (uint8_t)(near > up ? near : up);
+            }
         }
     }
     if (!eight) pack4(local, (uint8_t *)storage + start / 2, len);
@@ -220,7 +235,7 @@ static inline __attribute__((always_inline)) void step_block(
         const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE, const int LEN,
         void *restrict p, const void *restrict g, const moments_t *restrict mo, int64_t at,
         const tensor_work_t *restrict w, float *restrict bm, float *restrict bv, float *restrict bu,
-        float *restrict bs, float *restrict maxima) {
+        float *restrict bs, float *restrict bf, float *restrict maxima) {
     const block_scalars_t *k = &w->k;
     const int block = STATE == STATE_INT4 ? 128 : 256, blocked = STATE == STATE_INT8 || STATE == STATE_INT4;
     const int len = LEN;
@@ -253,11 +268,11 @@ static inline __attribute__((always_inline)) void step_block(
         if (DECAY == 1) gi = gi + pi * k->wd;
         float mi = load_moment(STATE, 1, mo->m, cm, at, i, sm) * k->b1 + gi * k->omb1;
         float vi = load_moment(STATE, 0, mo->v, cv, at, i, sv) * k->b2 + (gi * gi) * k->omb2;
-        float ui = vi;
+        float ui = vi, ai = 0.0f;
         if (MAXMODE) {
             float c = MAXMODE == 2 ? vi / k->c2 : vi;
-            float a = load_moment(STATE, 0, mo->vm, cu, at, i, su);
-            ui = (a > c || a != a) ? a : c; /* torch.maximum: NaN wins */
+            ai = load_moment(STATE, 0, mo->vm, cu, at, i, su);
+            ui = (ai > c || ai != ai) ? ai : c; /* torch.maximum: NaN wins */
         }
         float root = sqrtf(ui);
         float d = root;
@@ -269,6 +284,7 @@ static inline __attribute__((always_inline)) void step_block(
         else ((uint16_t *)p)[at + i] = bf16_stochastic(theta, w->key_param, (uint32_t)(at + i));
         if (blocked) {
             bm[i] = mi; bv[i] = vi; bu[i] = ui; bs[i] = root;
+            if (MAXMODE) bf[i] = ai;
             top_m = max_i32(top_m, ibits(mi));
             top_v = max_i32(top_v, ibits(vi));
             top_u = max_i32(top_u, ibits(ui));
@@ -291,19 +307,19 @@ static inline __attribute__((always_inline)) void run_chunk_of(
         const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE,
         void *p, const void *g, const moments_t *mo, int64_t start, int64_t len, const tensor_work_t *w) {
     const int block = STATE == STATE_INT4 ? 128 : 256, blocked = STATE == STATE_INT8 || STATE == STATE_INT4;
-    float bm[BLOCK_MAX], bv[BLOCK_MAX], bu[BLOCK_MAX], bs[BLOCK_MAX], maxima[3];
+    float bm[BLOCK_MAX], bv[BLOCK_MAX], bu[BLOCK_MAX], bs[BLOCK_MAX], bf[BLOCK_MAX], maxima[3];
     int64_t at = start, end = start + len;
     while (at < end) {
         int n = end - at < block ? (int)(end - at) : block;
         if (n == block) /* full blocks: a constant length, loops without remainders */
-            step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, block, p, g, mo, at, w, bm, bv, bu, bs, maxima);
+            step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, block, p, g, mo, at, w, bm, bv, bu, bs, bf, maxima);
         else
-            step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, n, p, g, mo, at, w, bm, bv, bu, bs, maxima);
+            step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, n, p, g, mo, at, w, bm, bv, bu, bs, bf, maxima);
         if (blocked) {
             /* bs holds sqrt(u): the maximum's roots under AMSGrad, v's under Adam. */
-            encode_block(STATE, 0, mo->m, mo->ms, at, n, bm, 0, maxima[0]);
-            encode_block(STATE, 1, mo->v, mo->vs, at, n, bv, MAXMODE ? 0 : bs, maxima[1]);
-            if (MAXMODE) encode_block(STATE, 2, mo->vm, mo->vms, at, n, bu, bs, maxima[2]);
+            encode_block(STATE, 0, mo->m, mo->ms, at, n, bm, 0, maxima[0], 0);
+            encode_block(STATE, 1, mo->v, mo->vs, at, n, bv, MAXMODE ? 0 : bs, maxima[1], 0);
+            if (MAXMODE) encode_block(STATE, 2, mo->vm, mo->vms, at, n, bu, bs, maxima[2], bf);
         }
         at += n;
     }
