@@ -156,7 +156,7 @@ class CompressedPlan:
         self.refused = 0
         # (param, grad, state, storage, layout or None): real views for complex parameters
         self.entries: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any], Storage, Any]] = []
-        if fused and explicit and not settings.plain and members and not report:
+        if fused and explicit and not settings.plain and not report:
             raise RuntimeError(schedule_refusal(settings, "the reference compressed step (torch ops)"))
         # the C kernel has constant betas: a schedule (a decaying β1, AdamNC, AdamX) runs the reference step
         library = lib.get() if fused and lib is not None and settings.plain else None
@@ -181,7 +181,7 @@ class CompressedPlan:
             if library is not None:
                 layout = native_layout(storage, param, grad, state, self.stochastic) if ready else \
                     (native_layout_of_new_state(storage, param, grad, self.stochastic))
-            if layout is None and fused and explicit and (settings.plain or report):
+            if layout is None and fused and explicit:  # (a schedule was refused above, unless reporting)
                 if not report:
                     raise RuntimeError(_no_kernel(param, storage, library))
                 self.refused += 1

@@ -74,7 +74,7 @@ def compressed_step(settings: StepSettings, param: torch.Tensor, grad: torch.Ten
             theta = theta * scalar(s.decay_factor)
         else:
             g = g + theta * scalar(s.weight_decay)
-    beta1, beta2 = (s.beta1, s.beta2) if s.plain else (s.beta1_at(t), s.beta2_at(t))
+    beta1, beta2 = s.beta1_at(t), s.beta2_at(t)  # the constants themselves without a schedule
     m = decode(state, "exp_avg", storage, param) * scalar(beta1) + g * scalar(1.0 - beta1)
     v = decode(state, "exp_avg_sq", storage, param) * scalar(beta2) + (g * g) * scalar(1.0 - beta2)
     u = v
