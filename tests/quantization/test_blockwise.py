@@ -102,13 +102,17 @@ def test_the_stored_maximum_never_decreases(sequence, beta2, fmt_name, step_rule
         previous = decoded
 
 
+def _skewed_blocks(seed: int, log_scale: float, fmt_name: str):
+    """Two blocks of the maximum's values, most of them far below their block's largest."""
+    fmt = BLOCK_FORMATS[fmt_name]
+    generator = torch.Generator().manual_seed(seed)
+    return fmt, fmt.exp_avg_sq, torch.rand(2 * fmt.block, generator=generator) ** 8 * 2.0**log_scale
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), log_scale=st.floats(-90, 60), fmt_name=st.sampled_from(sorted(BLOCK_FORMATS)))
 def test_the_step_rule_keeps_an_unchanged_maximum_and_rounds_a_new_one_to_nearest(seed, log_scale, fmt_name):
-    fmt = BLOCK_FORMATS[fmt_name]
-    code_map = fmt.exp_avg_sq
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(2 * fmt.block, generator=generator) ** 8 * 2.0**log_scale
+    fmt, code_map, x = _skewed_blocks(seed, log_scale, fmt_name)
     storage, scales = blockwise.quantize(x, code_map, fmt.block, round_up=True)
     decoded = blockwise.dequantize(storage, scales, code_map, fmt.block, x.numel())
     # nothing new: the same codes (it does not creep up)
@@ -137,10 +141,7 @@ def test_round_to_nearest_would_let_the_maximum_decrease():
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), log_scale=st.floats(-90, 60), fmt_name=st.sampled_from(sorted(BLOCK_FORMATS)))
 def test_rounding_up_gives_the_smallest_sufficient_code(seed, log_scale, fmt_name):
-    fmt = BLOCK_FORMATS[fmt_name]
-    code_map = fmt.exp_avg_sq
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(2 * fmt.block, generator=generator) ** 8 * 2.0**log_scale
+    fmt, code_map, x = _skewed_blocks(seed, log_scale, fmt_name)
     storage, scales = blockwise.quantize(x, code_map, fmt.block, round_up=True)
     codes = blockwise.unpack(storage, fmt.bits, x.numel())
     scale_of = scales.repeat_interleave(fmt.block)
