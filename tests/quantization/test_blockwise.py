@@ -102,6 +102,34 @@ def test_the_stored_maximum_never_decreases(sequence, beta2, fmt_name, step_rule
         previous = decoded
 
 
+@settings(max_examples=60, deadline=None)
+@given(sequence=_gradient_sequences(), beta2=st.sampled_from([0.0, 0.5, 0.9, 0.999]),
+       fmt_name=st.sampled_from(sorted(BLOCK_FORMATS)))
+def test_one_code_up_is_the_larger_of_nearest_and_the_smallest_code_not_below_the_floor(sequence, beta2, fmt_name):
+    # The identity the module docstring proves: the step rule's single step up lands exactly
+    # where max(nearest code, smallest code whose value is not below the floor) does.
+    fmt = BLOCK_FORMATS[fmt_name]
+    code_map = fmt.exp_avg_sq
+    numel = 300
+    v = torch.zeros(numel)
+    previous = torch.zeros(numel)
+    for log_scale, where, log_spike, noise in sequence:
+        g = torch.randn(numel, generator=torch.Generator().manual_seed(noise)) * 2.0**log_scale
+        g[where] *= 2.0**log_spike
+        v = v * beta2 + (g * g) * (1 - beta2)
+        u = torch.maximum(previous, v)
+        storage, scales = blockwise.quantize(u, code_map, fmt.block, round_up=True, floor=previous)
+        nearest = blockwise.unpack(blockwise.quantize(u, code_map, fmt.block)[0], code_map.bits, numel)
+        # the smallest code not below the floor, on u's scales: by search over the decoded grid
+        grid = code_map.magnitude_table[None, :] * scales.repeat_interleave(fmt.block)[:numel, None]
+        enough = (grid >= previous[:, None]).int().argmax(dim=1)
+        expected = torch.maximum(nearest, enough)
+        ordinary = (scales >= blockwise.TINY_SCALE).repeat_interleave(fmt.block)[:numel]
+        codes = blockwise.unpack(storage, code_map.bits, numel)
+        assert torch.equal(codes[ordinary], expected[ordinary])
+        previous = blockwise.dequantize(storage, scales, code_map, fmt.block, numel)
+
+
 def _skewed_blocks(seed: int, log_scale: float, fmt_name: str):
     """Two blocks of the maximum's values, most of them far below their block's largest."""
     fmt = BLOCK_FORMATS[fmt_name]

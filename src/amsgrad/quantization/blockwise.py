@@ -11,13 +11,15 @@ two to a byte, the even element in the low nibble.
 every element at every step. The quantized kernels compute
 :math:`u_i = \max(\tilde{v}^{\max}_{t-1,i}, v_{t,i})` exactly in float32 and store the block
 with :func:`quantize` ``(round_up=True, floor=`` :math:`\tilde{v}^{\max}_{t-1}` ``)``: the new scale
-is :math:`s' = \max_i u_i`, and each element gets the larger of its nearest code and the
-*smallest* code whose decoded value :math:`\mathrm{value}(c) \cdot s'` is
-:math:`\ge \tilde{v}^{\max}_{t-1,i}` (checked with the decoder's own float32 product, so no
-rounding in between can undo it; the top code decodes to :math:`s'` itself, so such a code
-always exists). Hence :math:`\tilde{v}^{\max}_{t} \ge \tilde{v}^{\max}_{t-1}`, element by
-element, at every step, in every format. Without ``floor`` (a state converted from float
-values) each element gets the smallest code not below :math:`u_i` itself. Rounding every
+is :math:`s' = \max_i u_i`, and each element gets its nearest code, or the next one up where the
+nearest one decodes below :math:`\tilde{v}^{\max}_{t-1,i}` (checked with the decoder's own
+float32 product, so no rounding in between can undo it). One step up always suffices: the nearest
+code of :math:`u_i` is within half a step of it (in the square root), so the next one decodes
+above :math:`u_i \ge \tilde{v}^{\max}_{t-1,i}`; and at the top code, whose value is :math:`s'`
+itself, nothing is short. The result is the larger of the nearest code and the smallest code
+that is not below the floor. Hence :math:`\tilde{v}^{\max}_{t} \ge \tilde{v}^{\max}_{t-1}`,
+element by element, at every step, in every format. Without ``floor`` (a state converted from
+float values) each element gets the smallest code not below :math:`u_i` itself. Rounding every
 :math:`u_i` up also keeps the maximum non-decreasing, but each re-encoding on a grown scale then
 inflates it again, which at 4 bits costs training quality; the floor rule rounds to nearest
 wherever that keeps the promise.
@@ -101,10 +103,11 @@ def quantize(x: torch.Tensor, code_map: CodeMap, block: int, round_up: bool = Fa
     is the scale itself.
 
     ``floor`` (with ``round_up=True``; flat, like ``x``, every element at most ``x``'s): the
-    maximum's step rule. Each element gets the larger of its nearest code and the smallest code
-    whose decoded value is not below its floor (the previous decoded maximum), both on the
-    block's new scale (that of ``x``): the decoded value never falls below the floor, and is the
-    nearest one where that allows.
+    maximum's step rule. Each element gets its nearest code on the block's new scale (that of
+    ``x``), one code up where that one decodes below its floor (the previous decoded maximum): the
+    decoded value never falls below the floor, and is the nearest one where that allows. (This is
+    the larger of the nearest code and the smallest code not below the floor; see the module
+    docstring for why one step up suffices.)
     """
     x = x.reshape(-1).float()
     numel = x.numel()
@@ -118,8 +121,9 @@ def quantize(x: torch.Tensor, code_map: CodeMap, block: int, round_up: bool = Fa
     elif floor is None:
         codes = _codes(rows, scales, code_map, round_up=True)
     else:
-        nearest = _codes(rows, scales, code_map, round_up=False)
-        codes = torch.maximum(nearest, _codes(_blocks(floor.reshape(-1).float(), block), scales, code_map, True))
+        codes = _codes(rows, scales, code_map, round_up=False)
+        short = code_map.magnitude_table.to(rows.device)[codes] * scales[:, None] < _blocks(floor.reshape(-1).float(), block)
+        codes = torch.where(short, (codes + 1).clamp_(max=len(code_map.magnitudes) - 1), codes)
     if round_up:  # below this scale a product could underflow: the whole block takes the top code (= the scale)
         top = len(code_map.magnitudes) - 1
         tiny = ~(scales >= TINY_SCALE)

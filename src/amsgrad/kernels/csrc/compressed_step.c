@@ -25,7 +25,6 @@ typedef struct {
     int32_t param_kind, state_kind, stochastic_param;
 } layout_t;
 
-#define UP_BIAS (1.0f - 0x1p-19f)
 #define TINY_SCALE 0x1p-96f
 #define FLOAT32_MAX 3.40282347e38f
 
@@ -70,7 +69,10 @@ static inline int32_t ibits(float x) { return (int32_t)(as_bits(x) & 0x7FFFFFFFu
 static inline int32_t max_i32(int32_t a, int32_t b) { return a > b ? a : b; }
 static inline int32_t min_i32(int32_t a, int32_t b) { return a < b ? a : b; }
 
-/* Signed minifloat (m): magnitude k > 0 is the float32 with bits (k + OFFSET) << SHIFT. */
+/* Signed minifloat (m): magnitude k > 0 is the float32 with bits (k + OFFSET) << SHIFT; half the
+   smallest one (a normal number: its exponent one less) is where the encoder leaves zero. */
+#define m8_HALF_SMALLEST_BITS ((int32_t)(((1u + m8_MINIFLOAT_OFFSET) << m8_MINIFLOAT_SHIFT) - 0x800000u))
+#define m4_HALF_SMALLEST_BITS ((int32_t)(((1u + m4_MINIFLOAT_OFFSET) << m4_MINIFLOAT_SHIFT) - 0x800000u))
 #define DEFINE_MINIFLOAT(P)                                                                     \
 static inline float decode_##P(uint32_t c) {                                                  \
     uint32_t k = c & (P##_COUNT - 1), sign = c >> (P##_BITS - 1);                              \
@@ -81,7 +83,7 @@ static inline uint32_t encode_nearest_##P(float y) {                            
     uint32_t bits = as_bits(y), negative = bits >> 31, a = bits & 0x7FFFFFFFu;                 \
     int32_t k = (int32_t)((a + (1u << (P##_MINIFLOAT_SHIFT - 1))) >> P##_MINIFLOAT_SHIFT)      \
                 - P##_MINIFLOAT_OFFSET;                                                        \
-    int32_t first = (int32_t)a >= ibits(P##_magnitudes[1] * 0.5f); /* half the smallest: exact */ \
+    int32_t first = (int32_t)a >= P##_HALF_SMALLEST_BITS;                               \
     int32_t small = -(int32_t)(k <= 0);                                                        \
     k = min_i32((k & ~small) | (first & small), P##_COUNT - 1);                                \
     return (uint32_t)k | ((negative & (uint32_t)(k > 0)) << (P##_BITS - 1));                   \
@@ -98,17 +100,6 @@ static inline uint32_t encode_nearest_##P(float root, float gain) {             
     float q = root * gain + 0.5f;                                                              \
     q = as_float((uint32_t)min_i32(ibits(q), ibits((float)P##_COUNT))); /* NaN: the top */     \
     return (uint32_t)max_i32((int32_t)q - 1, 0);                                               \
-}                                                                                              \
-/* The smallest code whose decoded value is >= x: the lowered estimate, then one up where the   \
-   decoded product is still below x (not NaN). */                                              \
-static inline uint32_t encode_max_##P(float x, float root, float gain_up, float s_over_count2) { \
-    float q = root * gain_up;                                                                  \
-    q = as_float((uint32_t)min_i32(ibits(q), ibits((float)P##_COUNT)));                        \
-    int32_t w = (int32_t)q;                                                                    \
-    int32_t k = min_i32(max_i32(w + (int32_t)(ibits(q) > ibits((float)w)) - 1, 0), P##_COUNT - 1); \
-    int32_t xb = ibits(x);                                                                     \
-    int32_t short_ = (ibits(decode_##P((uint32_t)k, s_over_count2)) < xb) & (xb <= 0x7F800000); \
-    return (uint32_t)(k + (short_ & (k < P##_COUNT - 1)));                                     \
 }
 
 DEFINE_MINIFLOAT(m8)
@@ -136,53 +127,60 @@ static inline void pack4(const uint8_t *restrict codes, uint8_t *restrict packed
     if (len & 1) packed[j] = codes[len - 1];
 }
 
-/* The new value of one moment of one block (a block format) into its storage, given the block's
-   scale s (its maximum). ROLE: exp_avg (0), exp_avg_sq (1), or the maximum (2: nearest, but never
-   below FLOOR, the previous decoded maximum; see blockwise.quantize). ROOT: the elements' square
-   roots where the update has them (NULL: computed here). */
-static inline __attribute__((always_inline)) void encode_block(
-        const int STATE, const int ROLE, void *restrict storage, float *restrict scales, int64_t start, int len,
-        const float *restrict x, const float *restrict root, float s, const float *restrict floor) {
+/* Where the moments of one block are, and their scales (block formats). */
+typedef struct {
+    void *m, *v, *vm;
+    float *ms, *vs, *vms;
+} moments_t;
+
+/* The codes of one block's moments (see encode_moments). */
+static inline __attribute__((always_inline)) void encode_codes(
+        const int STATE, const int MAXMODE, int len, uint8_t *restrict cm, uint8_t *restrict cv, uint8_t *restrict cu,
+        const float *restrict bm, const float *restrict bv, const float *restrict bs, const float *restrict bf,
+        float rm, float gv, float gu, float su_scaled) {
     const int eight = STATE == STATE_INT8;
-    const int block = eight ? 256 : 128;
-    const float r = reciprocal_scale(s);
-    /* The maximum's block on an unchanged scale: the smallest code not below the floor (the old
-       decoded value) is the old code itself, so it is read instead of computed. */
-    const int same_scale = ROLE == 2 && scales[start / block] == s;
-    scales[start / block] = s;
-    uint8_t local[BLOCK_MAX];
-    uint8_t *c = eight ? (uint8_t *)storage + start : local;
-    if (same_scale && !eight) unpack4((const uint8_t *)storage + start / 2, local, len);
-    if (ROLE == 0) {
-        if (eight) for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_m8(x[i] * r);
-        else for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_m4(x[i] * r);
-    } else {
-        const float count = eight ? (float)v8_COUNT : (float)v4_COUNT;
-        const float gain = sqrtf(r) * count;
-        float roots[BLOCK_MAX];
-        if (!root) { for (int i = 0; i < len; ++i) roots[i] = sqrtf(x[i]); root = roots; }
-        if (ROLE == 1) {
-            if (eight) for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_v8(root[i], gain);
-            else for (int i = 0; i < len; ++i) c[i] = (uint8_t)encode_nearest_v4(root[i], gain);
-        } else if (!(s >= TINY_SCALE) && s == s) {
-            memset(c, eight ? v8_COUNT - 1 : v4_COUNT - 1, len);
-        } else {
-            const float gain_up = gain * UP_BIAS, s_scaled = s * (1.0f / (count * count));
-            if (same_scale) for (int i = 0; i < len; ++i) {
-                uint32_t near = eight ? encode_nearest_v8(root[i], gain) : encode_nearest_v4(root[i], gain);
-                c[i] = (uint8_t)(near > c[i] ? near : c[i]);
-            } else if (eight) for (int i = 0; i < len; ++i) {
-                uint32_t near = encode_nearest_v8(root[i], gain);
-                uint32_t up = encode_max_v8(floor[i], sqrtf(floor[i]), gain_up, s_scaled);
-                c[i] = (uint8_t)(near > up ? near : up);
-            } else for (int i = 0; i < len; ++i) {
-                uint32_t near = encode_nearest_v4(root[i], gain);
-                uint32_t up = encode_max_v4(floor[i], sqrtf(floor[i]), gain_up, s_scaled);
-                c[i] = (uint8_t)(near > up ? near : up);
-            }
+    const uint32_t top = eight ? v8_COUNT - 1 : v4_COUNT - 1;
+    for (int i = 0; i < len; ++i) {
+        cm[i] = (uint8_t)(eight ? encode_nearest_m8(bm[i] * rm) : encode_nearest_m4(bm[i] * rm));
+        const float root_v = MAXMODE ? sqrtf(bv[i]) : bs[i];
+        cv[i] = (uint8_t)(eight ? encode_nearest_v8(root_v, gv) : encode_nearest_v4(root_v, gv));
+        if (MAXMODE) {
+            uint32_t near = eight ? encode_nearest_v8(bs[i], gu) : encode_nearest_v4(bs[i], gu);
+            float decoded = eight ? decode_v8(near, su_scaled) : decode_v4(near, su_scaled);
+            near += decoded < bf[i];
+            cu[i] = (uint8_t)(near < top ? near : top);
         }
     }
-    if (!eight) pack4(local, (uint8_t *)storage + start / 2, len);
+}
+
+/* The new codes and scales of one block's moments (a block format), from the buffers that
+   step_block filled: m (BM), v (BV), and, for AMSGrad, sqrt(u) of the new maximum u (BS) and
+   the previous decoded maximum (BF, the floor); under Adam, BS holds sqrt(v). MAXIMA: the three
+   blocks' scales. m and v are stored to nearest; the maximum to nearest, one code up where that
+   falls below its floor (see blockwise.quantize), so that its decoded value never decreases. */
+static inline __attribute__((always_inline)) void encode_moments(
+        const int STATE, const int MAXMODE, const moments_t *restrict mo, int64_t start, int len,
+        const float *restrict bm, const float *restrict bv, const float *restrict bs, const float *restrict bf,
+        const float *restrict maxima) {
+    const int eight = STATE == STATE_INT8, block = eight ? 256 : 128;
+    const int64_t b = start / block;
+    const uint32_t top = eight ? v8_COUNT - 1 : v4_COUNT - 1;
+    const float count = (float)(top + 1);
+    const float rm = reciprocal_scale(maxima[0]), gv = sqrtf(reciprocal_scale(maxima[1])) * count;
+    const float su = maxima[2], gu = sqrtf(reciprocal_scale(su)) * count, su_scaled = su * (1.0f / (count * count));
+    mo->ms[b] = maxima[0];
+    mo->vs[b] = maxima[1];
+    if (MAXMODE) mo->vms[b] = su;
+    uint8_t lm[BLOCK_MAX], lv[BLOCK_MAX], lu[BLOCK_MAX];
+    uint8_t *cm = eight ? (uint8_t *)mo->m + start : lm, *cv = eight ? (uint8_t *)mo->v + start : lv;
+    uint8_t *cu = eight && MAXMODE ? (uint8_t *)mo->vm + start : lu;
+    encode_codes(STATE, MAXMODE, len, cm, cv, cu, bm, bv, bs, bf, rm, gv, gu, su_scaled);
+    if (MAXMODE && !(su >= TINY_SCALE) && su == su) memset(cu, (int)top, (size_t)len);
+    if (!eight) {
+        pack4(lm, (uint8_t *)mo->m + start / 2, len);
+        pack4(lv, (uint8_t *)mo->v + start / 2, len);
+        if (MAXMODE) pack4(lu, (uint8_t *)mo->vm + start / 2, len);
+    }
 }
 
 /* ------------------------------------------------------------- the update */
@@ -196,11 +194,6 @@ typedef struct {
     int32_t divide;
 } tensor_work_t;
 
-/* Where the moments of one block are, and their scales (block formats). */
-typedef struct {
-    void *m, *v, *vm;
-    float *ms, *vs, *vms;
-} moments_t;
 
 /* Theta's storage: float32, or bfloat16 to nearest, or bfloat16 stochastically rounded. */
 enum { THETA_F32 = 0, THETA_BF16 = 1, THETA_BF16_SR = 2 };
@@ -234,7 +227,7 @@ static inline __attribute__((always_inline)) void store_moment(const int STATE, 
 static inline __attribute__((always_inline)) void step_block(
         const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE, const int LEN,
         void *restrict p, const void *restrict g, const moments_t *restrict mo, int64_t at,
-        const tensor_work_t *restrict w, float *restrict bm, float *restrict bv, float *restrict bu,
+        const tensor_work_t *restrict w, float *restrict bm, float *restrict bv,
         float *restrict bs, float *restrict bf, float *restrict maxima) {
     const block_scalars_t *k = &w->k;
     const int block = STATE == STATE_INT4 ? 128 : 256, blocked = STATE == STATE_INT8 || STATE == STATE_INT4;
@@ -283,7 +276,7 @@ static inline __attribute__((always_inline)) void step_block(
         else if (THETA == THETA_BF16) ((uint16_t *)p)[at + i] = bf16_nearest(theta);
         else ((uint16_t *)p)[at + i] = bf16_stochastic(theta, w->key_param, (uint32_t)(at + i));
         if (blocked) {
-            bm[i] = mi; bv[i] = vi; bu[i] = ui; bs[i] = root;
+            bm[i] = mi; bv[i] = vi; bs[i] = root;
             if (MAXMODE) bf[i] = ai;
             top_m = max_i32(top_m, ibits(mi));
             top_v = max_i32(top_v, ibits(vi));
@@ -307,20 +300,15 @@ static inline __attribute__((always_inline)) void run_chunk_of(
         const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE,
         void *p, const void *g, const moments_t *mo, int64_t start, int64_t len, const tensor_work_t *w) {
     const int block = STATE == STATE_INT4 ? 128 : 256, blocked = STATE == STATE_INT8 || STATE == STATE_INT4;
-    float bm[BLOCK_MAX], bv[BLOCK_MAX], bu[BLOCK_MAX], bs[BLOCK_MAX], bf[BLOCK_MAX], maxima[3];
+    float bm[BLOCK_MAX], bv[BLOCK_MAX], bs[BLOCK_MAX], bf[BLOCK_MAX], maxima[3];
     int64_t at = start, end = start + len;
     while (at < end) {
         int n = end - at < block ? (int)(end - at) : block;
         if (n == block) /* full blocks: a constant length, loops without remainders */
-            step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, block, p, g, mo, at, w, bm, bv, bu, bs, bf, maxima);
+            step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, block, p, g, mo, at, w, bm, bv, bs, bf, maxima);
         else
-            step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, n, p, g, mo, at, w, bm, bv, bu, bs, bf, maxima);
-        if (blocked) {
-            /* bs holds sqrt(u): the maximum's roots under AMSGrad, v's under Adam. */
-            encode_block(STATE, 0, mo->m, mo->ms, at, n, bm, 0, maxima[0], 0);
-            encode_block(STATE, 1, mo->v, mo->vs, at, n, bv, MAXMODE ? 0 : bs, maxima[1], 0);
-            if (MAXMODE) encode_block(STATE, 2, mo->vm, mo->vms, at, n, bu, bs, maxima[2], bf);
-        }
+            step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, n, p, g, mo, at, w, bm, bv, bs, bf, maxima);
+        if (blocked) encode_moments(STATE, MAXMODE, mo, at, n, bm, bv, bs, bf, maxima);
         at += n;
     }
 }
