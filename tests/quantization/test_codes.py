@@ -26,11 +26,12 @@ def test_the_formats_maps_are_the_documented_ones():
     assert m8[0] == 0.0 and m8[-1] == 1.0 and m8[-2] == 1 - 1 / 32 and m8[1] == 2.0**-8 * (1 + 2 / 16)
     # e2m1 for m at 4 bits: 0, 1/8, 3/16, 1/4, 3/8, 1/2, 3/4, 1.
     assert int4.exp_avg.magnitudes == (0.0, 0.125, 0.1875, 0.25, 0.375, 0.5, 0.75, 1.0)
-    # v: linear in the square root, no zero code.
-    for fmt in (int8, int4):
-        n = 2**fmt.bits
-        assert fmt.exp_avg_sq.magnitudes == tuple(((i + 1) / n) ** 2 for i in range(n))
-        assert not fmt.exp_avg_sq.has_zero
+    # v and v̂, without a zero code: at 8 bits e5m3, 32 binades of 8 values, 2^-32 ... 1; at 4 bits
+    # the 16 powers of two 2^-15 ... 1.
+    v8 = int8.exp_avg_sq.magnitudes
+    assert v8 == tuple(2.0 ** (i // 8 - 32) * (1 + (i % 8) / 8) for i in range(1, 257))
+    assert int4.exp_avg_sq.magnitudes == tuple(2.0 ** (i - 15) for i in range(16))
+    assert not int8.exp_avg_sq.has_zero and not int4.exp_avg_sq.has_zero
     assert int8.bytes_per_element() <= 3.1 and int4.bytes_per_element() <= 1.6
 
 

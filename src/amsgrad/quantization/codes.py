@@ -254,6 +254,7 @@ def c_header(maps: dict[str, CodeMap]) -> str:
         lines.append(f"#define {up}_SIGNED {int(code_map.signed)}")
         lines.append(f"#define {up}_HAS_ZERO {int(code_map.has_zero)}")
         lines.append(f"#define {up}_COUNT {len(code_map.magnitudes)}")
+        lines.append(f"#define {up}_SQRT_LINEAR {int(code_map.kind == 'sqrt_linear')}")
         lines.append(f"#define {up}_MINIFLOAT_SHIFT {code_map.minifloat_shift}")
         lines.append(f"#define {up}_MINIFLOAT_OFFSET {code_map.minifloat_offset}")
         floats = ", ".join(f"{float.hex(m)}f" for m in code_map.magnitudes)

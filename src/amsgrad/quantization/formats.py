@@ -8,9 +8,11 @@ r"""The state formats that ``state_precision`` names, and how their state is lai
 ``torch.float64``   float64                                                 24
 ``torch.bfloat16``  bfloat16; m and v rounded stochastically, v̂ up          6
 ``"int8"``          blocks of 256, a float32 absmax scale each; m: e3m4     3.05
-                    float code (signed), v and v̂: linear in √ (unsigned)
+                    float code (signed), v and v̂: e5m3 float code
+                    (unsigned, no zero code: 2^-32 ... 1)
 ``"int4"``          blocks of 128, two codes per byte; m: e2m1 float        1.59
-                    code (signed), v and v̂: linear in √, no zero code
+                    code (signed), v and v̂: powers of two 2^-15 ... 1
+                    (e4m0, unsigned, no zero code)
 ==================  =====================================================  ==================
 
 Tensors with fewer than ``min_compressed_numel`` elements (a per-group setting, 4096 by
@@ -69,8 +71,8 @@ class BlockFormat:
         return 3 * (self.bits / 8 + 4 / self.block)
 
 
-INT8 = BlockFormat("int8", 8, 256, minifloat(8, 4, signed=True), sqrt_linear(8))
-INT4 = BlockFormat("int4", 4, 128, minifloat(4, 1, signed=True), sqrt_linear(4))
+INT8 = BlockFormat("int8", 8, 256, minifloat(8, 4, signed=True), minifloat(8, 3, signed=False, zero=False))
+INT4 = BlockFormat("int4", 4, 128, minifloat(4, 1, signed=True), minifloat(4, 0, signed=False, zero=False))
 BLOCK_FORMATS = {"int8": INT8, "int4": INT4}
 
 #: The accepted values of ``state_precision`` (strings name dtypes, too: "float32", "bfloat16", ...).

@@ -89,23 +89,50 @@ static inline uint32_t encode_nearest_##P(float y) {                            
     return (uint32_t)k | ((negative & (uint32_t)(k > 0)) << (P##_BITS - 1));                   \
 }
 
-/* Unsigned sqrt-linear, no zero (v and the maximum): magnitude k is ((k + 1) / COUNT)^2. The
-   encoders take the element's square root and the block's gain sqrt(r) * COUNT (see blockwise.py);
-   the decoded value (k + 1)^2 * (s / COUNT^2) is magnitude(k) * s exactly (a power-of-two factor). */
+/* The unsigned maps of v and the maximum, no zero code, either kind; both give decode_P(k, t), the
+   value of code k in a block whose scale s is prescaled to t = s * P_PRESCALE, and
+   encode_nearest_P(x, root, r, gain), the nearest code of x in a block of reciprocal scale r (a
+   sqrt-linear map uses root = sqrt(x) and gain = sqrt(r) * COUNT instead; see blockwise.py).
+   Sqrt-linear: magnitude k is ((k + 1) / COUNT)^2, and the decoded (k + 1)^2 * (s / COUNT^2) is
+   magnitude(k) * s exactly (a power-of-two factor). Minifloat: magnitude k is the float32 with
+   bits (k + OFFSET) << SHIFT. */
 #define DEFINE_SQRT_LINEAR(P)                                                                   \
-static inline float decode_##P(uint32_t k, float s_over_count2) {                              \
-    return (float)(int32_t)((k + 1) * (k + 1)) * s_over_count2;                                \
+static const float P##_PRESCALE = 1.0f / ((float)P##_COUNT * (float)P##_COUNT);                \
+static inline float decode_##P(uint32_t k, float t) {                                          \
+    return (float)(int32_t)((k + 1) * (k + 1)) * t;                                            \
 }                                                                                              \
-static inline uint32_t encode_nearest_##P(float root, float gain) {                            \
+static inline uint32_t encode_nearest_##P(float x, float root, float r, float gain) {          \
+    (void)x; (void)r;                                                                          \
     float q = root * gain + 0.5f;                                                              \
     q = as_float((uint32_t)min_i32(ibits(q), ibits((float)P##_COUNT))); /* NaN: the top */     \
     return (uint32_t)max_i32((int32_t)q - 1, 0);                                               \
 }
+/* (A negative bit pattern, i.e. a negative NaN, gets code 0, as the torch code computes it.) */
+#define DEFINE_UNSIGNED_MINIFLOAT(P)                                                            \
+static const float P##_PRESCALE = 1.0f;                                                        \
+static inline float decode_##P(uint32_t k, float t) {                                          \
+    return as_float((k + P##_MINIFLOAT_OFFSET) << P##_MINIFLOAT_SHIFT) * t;                    \
+}                                                                                              \
+static inline uint32_t encode_nearest_##P(float x, float root, float r, float gain) {          \
+    (void)root; (void)gain;                                                                    \
+    int32_t bits = (int32_t)as_bits(x * r);                                                    \
+    int32_t k = (int32_t)(((uint32_t)bits + (1u << (P##_MINIFLOAT_SHIFT - 1))) >> P##_MINIFLOAT_SHIFT) \
+                - P##_MINIFLOAT_OFFSET;                                                        \
+    return (uint32_t)min_i32(max_i32(bits < 0 ? 0 : k, 0), P##_COUNT - 1);                     \
+}
+#if v8_SQRT_LINEAR
+DEFINE_SQRT_LINEAR(v8)
+#else
+DEFINE_UNSIGNED_MINIFLOAT(v8)
+#endif
+#if v4_SQRT_LINEAR
+DEFINE_SQRT_LINEAR(v4)
+#else
+DEFINE_UNSIGNED_MINIFLOAT(v4)
+#endif
 
 DEFINE_MINIFLOAT(m8)
 DEFINE_MINIFLOAT(m4)
-DEFINE_SQRT_LINEAR(v8)
-DEFINE_SQRT_LINEAR(v4)
 
 /* ----------------------------------------------------------- block helpers */
 static inline float reciprocal_scale(float s) {
@@ -137,15 +164,16 @@ typedef struct {
 static inline __attribute__((always_inline)) void encode_codes(
         const int STATE, const int MAXMODE, int len, uint8_t *restrict cm, uint8_t *restrict cv, uint8_t *restrict cu,
         const float *restrict bm, const float *restrict bv, const float *restrict bs, const float *restrict bf,
-        float rm, float gv, float gu, float su_scaled) {
+        float rm, float rv, float gv, float ru, float gu, float su_scaled) {
     const int eight = STATE == STATE_INT8;
     const uint32_t top = eight ? v8_COUNT - 1 : v4_COUNT - 1;
     for (int i = 0; i < len; ++i) {
         cm[i] = (uint8_t)(eight ? encode_nearest_m8(bm[i] * rm) : encode_nearest_m4(bm[i] * rm));
+        /* (a square root that the map does not use is not computed) */
         const float root_v = MAXMODE ? sqrtf(bv[i]) : bs[i];
-        cv[i] = (uint8_t)(eight ? encode_nearest_v8(root_v, gv) : encode_nearest_v4(root_v, gv));
+        cv[i] = (uint8_t)(eight ? encode_nearest_v8(bv[i], root_v, rv, gv) : encode_nearest_v4(bv[i], root_v, rv, gv));
         if (MAXMODE) {
-            uint32_t near = eight ? encode_nearest_v8(bs[i], gu) : encode_nearest_v4(bs[i], gu);
+            uint32_t near = eight ? encode_nearest_v8(bs[i], bs[i], ru, gu) : encode_nearest_v4(bs[i], bs[i], ru, gu);
             float decoded = eight ? decode_v8(near, su_scaled) : decode_v4(near, su_scaled);
             near += decoded < bf[i];
             cu[i] = (uint8_t)(near < top ? near : top);
@@ -154,8 +182,9 @@ static inline __attribute__((always_inline)) void encode_codes(
 }
 
 /* The new codes and scales of one block's moments (a block format), from the buffers that
-   step_block filled: m (BM), v (BV), and, for AMSGrad, sqrt(u) of the new maximum u (BS) and
-   the previous decoded maximum (BF, the floor); under Adam, BS holds sqrt(v). MAXIMA: the three
+   step_block filled: m (BM), v (BV), and, for AMSGrad, the new maximum u (BS; its square root for a
+   sqrt-linear map) and the previous decoded maximum (BF, the floor); under Adam, BS holds v (or
+   sqrt(v)) instead of u. MAXIMA: the three
    blocks' scales. m and v are stored to nearest; the maximum to nearest, one code up where that
    falls below its floor (see blockwise.quantize), so that its decoded value never decreases. */
 static inline __attribute__((always_inline)) void encode_moments(
@@ -166,15 +195,16 @@ static inline __attribute__((always_inline)) void encode_moments(
     const int64_t b = start / block;
     const uint32_t top = eight ? v8_COUNT - 1 : v4_COUNT - 1;
     const float count = (float)(top + 1);
-    const float rm = reciprocal_scale(maxima[0]), gv = sqrtf(reciprocal_scale(maxima[1])) * count;
-    const float su = maxima[2], gu = sqrtf(reciprocal_scale(su)) * count, su_scaled = su * (1.0f / (count * count));
+    const float prescale = eight ? v8_PRESCALE : v4_PRESCALE;
+    const float rm = reciprocal_scale(maxima[0]), rv = reciprocal_scale(maxima[1]), gv = sqrtf(rv) * count;
+    const float su = maxima[2], ru = reciprocal_scale(su), gu = sqrtf(ru) * count, su_scaled = su * prescale;
     mo->ms[b] = maxima[0];
     mo->vs[b] = maxima[1];
     if (MAXMODE) mo->vms[b] = su;
     uint8_t lm[BLOCK_MAX], lv[BLOCK_MAX], lu[BLOCK_MAX];
     uint8_t *cm = eight ? (uint8_t *)mo->m + start : lm, *cv = eight ? (uint8_t *)mo->v + start : lv;
     uint8_t *cu = eight && MAXMODE ? (uint8_t *)mo->vm + start : lu;
-    encode_codes(STATE, MAXMODE, len, cm, cv, cu, bm, bv, bs, bf, rm, gv, gu, su_scaled);
+    encode_codes(STATE, MAXMODE, len, cm, cv, cu, bm, bv, bs, bf, rm, rv, gv, ru, gu, su_scaled);
     if (MAXMODE && !(su >= TINY_SCALE) && su == su) memset(cu, (int)top, (size_t)len);
     if (!eight) {
         pack4(lm, (uint8_t *)mo->m + start / 2, len);
@@ -231,12 +261,12 @@ static inline __attribute__((always_inline)) void step_block(
         float *restrict bs, float *restrict bf, float *restrict maxima) {
     const block_scalars_t *k = &w->k;
     const int block = STATE == STATE_INT4 ? 128 : 256, blocked = STATE == STATE_INT8 || STATE == STATE_INT4;
+    const int v_sqrt = STATE == STATE_INT8 ? v8_SQRT_LINEAR : v4_SQRT_LINEAR;
     const int len = LEN;
     float sm = 0.0f, sv = 0.0f, su = 0.0f;
     uint8_t cm[BLOCK_MAX], cv[BLOCK_MAX], cu[BLOCK_MAX];
     if (blocked) {
-        const float scale_v = STATE == STATE_INT8 ? 1.0f / ((float)v8_COUNT * (float)v8_COUNT)
-                                                  : 1.0f / ((float)v4_COUNT * (float)v4_COUNT);
+        const float scale_v = STATE == STATE_INT8 ? v8_PRESCALE : v4_PRESCALE;
         sm = mo->ms[at / block];
         sv = mo->vs[at / block] * scale_v;
         su = MAXMODE ? mo->vms[at / block] * scale_v : 0.0f;
@@ -276,7 +306,7 @@ static inline __attribute__((always_inline)) void step_block(
         else if (THETA == THETA_BF16) ((uint16_t *)p)[at + i] = bf16_nearest(theta);
         else ((uint16_t *)p)[at + i] = bf16_stochastic(theta, w->key_param, (uint32_t)(at + i));
         if (blocked) {
-            bm[i] = mi; bv[i] = vi; bs[i] = root;
+            bm[i] = mi; bv[i] = vi; bs[i] = v_sqrt ? root : ui; /* what the maximum's (Adam: v's) encoder takes */
             if (MAXMODE) bf[i] = ai;
             top_m = max_i32(top_m, ibits(mi));
             top_v = max_i32(top_v, ibits(vi));
