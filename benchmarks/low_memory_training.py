@@ -40,10 +40,20 @@ RUNS = {
     # Adam with compressed m and v: what the codes of m and v cost without AMSGrad's maximum
     "Adam int8 state": dict(cls="Adam", state_precision="int8"),
     "Adam int4 state": dict(cls="Adam", state_precision="int4"),
-    "AMSGrad bf16 params": dict(cls="AMSGrad", params=torch.bfloat16),
-    "AMSGrad bf16 params, stochastic rounding": dict(cls="AMSGrad", params=torch.bfloat16, stochastic_rounding=True),
+    # pure bfloat16: parameters and state (m and v rounded stochastically), no float32 copy
+    "AMSGrad bf16 params": dict(cls="AMSGrad", params=torch.bfloat16, state_precision=torch.bfloat16),
+    "AMSGrad bf16 params, stochastic rounding": dict(cls="AMSGrad", params=torch.bfloat16,
+                                                     state_precision=torch.bfloat16, stochastic_rounding=True),
+    # the state in the parameters' dtype rounded to nearest, as torch.optim keeps it
+    "AMSGrad bf16 params, stochastic rounding, state to nearest": dict(cls="AMSGrad", params=torch.bfloat16,
+                                                                       stochastic_rounding=True),
 }
 BASELINE = "AMSGrad float32"
+
+
+def baseline_of(name: str) -> str:
+    """The float32 run each run is compared with: that of the same optimizer."""
+    return "Adam float32" if name.startswith("Adam") else BASELINE
 
 
 def load_digits():
@@ -120,7 +130,8 @@ def plot(results: list[dict], path: Path) -> None:
               "AMSGrad int8 state": ("tab:green", "-."), "AMSGrad int4 state": ("tab:orange", ":"),
               "Adam float32": ("tab:gray", (0, (1, 1))), "Adam int8 state": ("tab:olive", (0, (3, 1, 1, 1))),
               "Adam int4 state": ("tab:brown", (0, (5, 2))), "AMSGrad bf16 params": ("tab:red", "--"),
-              "AMSGrad bf16 params, stochastic rounding": ("tab:purple", "-")}
+              "AMSGrad bf16 params, stochastic rounding": ("tab:purple", "-"),
+              "AMSGrad bf16 params, stochastic rounding, state to nearest": ("tab:pink", ":")}
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     split = list(RUNS).index("AMSGrad bf16 params")
     for ax, names in ((axes[0], list(RUNS)[:split]), (axes[1], [BASELINE] + list(RUNS)[split:])):
@@ -138,7 +149,7 @@ def plot(results: list[dict], path: Path) -> None:
     seeds = len({r["seed"] for r in results})
     axes[0].set_ylabel(f"training loss (mean, range of {seeds} seeds)")
     axes[0].set_title("optimizer state precision (float32 parameters)")
-    axes[1].set_title("bfloat16 parameters (state: bfloat16)")
+    axes[1].set_title("bfloat16 parameters and state")
     figure.suptitle("Small CNN on the 8x8 digits: AMSGrad with low-memory state", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -165,21 +176,24 @@ def main(argv: list[str]) -> int:
     finally:
         torch.set_num_threads(threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    base = statistics.mean(r["final"] for r in results if r["name"] == BASELINE)
-    print(f"{args.steps} steps, batch 32, lr {args.lr}, {args.seeds} seeds; torch {torch.__version__}, 1 thread\n")
-    print(f"{'run':42s} {'final train loss':>22s} {'vs float32':>10s} {'held-out loss':>13s} {'acc':>6s} "
-          f"{'s/run':>6s}")
+    print(f"{args.steps} steps, batch 32, lr {args.lr}, {args.seeds} seeds; torch {torch.__version__}, 1 thread")
+    print("ratio: final loss / that of the same optimizer's float32 run of the same seed, median (range) over seeds\n")
+    print(f"{'run':58s} {'final train loss':>18s} {'ratio':>20s} {'held-out loss':>13s} {'acc':>6s} {'s/run':>6s}")
+    final = {(r["name"], r["seed"]): r["final"] for r in results}
     summary = []
     for name in RUNS:
         runs = [r for r in results if r["name"] == name]
         finals = [r["final"] for r in runs]
-        mean, spread = statistics.mean(finals), (max(finals) - min(finals)) / 2
+        ratios = [r["final"] / final[(baseline_of(name), r["seed"])] for r in runs]
+        mean, std = statistics.mean(finals), statistics.pstdev(finals)
         accuracy = statistics.mean(r["accuracy"] for r in runs)
         seconds = statistics.mean(r["seconds"] for r in runs)
         test_loss = statistics.mean(r["test_loss"] for r in runs)
-        summary.append(dict(name=name, final_mean=mean, finals=finals, ratio=mean / base, accuracy=accuracy,
-                            test_loss=test_loss))
-        print(f"{name:42s} {mean:12.5f} ± {spread:<8.5f} {mean / base:10.3f} {test_loss:13.4f} {accuracy:6.3f} "
+        ratio = statistics.median(ratios)
+        summary.append(dict(name=name, baseline=baseline_of(name), final_mean=mean, final_std=std, finals=finals,
+                            ratios=ratios, ratio=ratio, accuracy=accuracy, test_loss=test_loss))
+        spread = f"{ratio:.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+        print(f"{name:58s} {mean:8.4f} ± {std:<7.4f} {spread:>20s} {test_loss:13.4f} {accuracy:6.3f} "
               f"{seconds:6.1f}")
     (args.out / "results.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=1))
     try:
