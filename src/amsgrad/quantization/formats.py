@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from .codes import CodeMap, minifloat, sqrt_linear
+from .codes import CodeMap, minifloat
 
 __all__ = ["BlockFormat", "INT8", "INT4", "BLOCK_FORMATS", "STATE_PRECISIONS", "MOMENTS", "parse_state_precision",
            "DEFAULT_MIN_COMPRESSED_NUMEL"]
