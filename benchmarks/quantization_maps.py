@@ -5,8 +5,10 @@ A small convolutional network is trained with float32 AMSGrad (600 steps); at st
 update direction :math:`m/\\sqrt{\\hat v}` is reported (for v: of :math:`m/\\sqrt{v}` too, v
 rounded to nearest as Adam would store it; the maximum rounded up as AMSGrad stores it). Only
 tensors of at least 4096 elements count, as only those are compressed. The encoders' cost is a
-separate question: the chosen maps (e3m4/e2m1 float codes for m, sqrt-linear for v) encode with
-integer arithmetic in the kernels, the dynamic tree map needs a search of its table.
+separate question: the float codes and the sqrt-linear code encode with integer arithmetic in the
+kernels, the dynamic tree map needs a search of its table. This one-shot error decided the maps
+of m; those of v and v̂ (e5m3 and e4m0, where this error prefers sqrt-linear) were decided by
+training runs (``low_memory_training``), see :mod:`amsgrad.quantization.formats`.
 """
 
 from __future__ import annotations

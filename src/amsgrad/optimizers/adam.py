@@ -156,9 +156,12 @@ class Adam(GenericAdaptiveOptimizer):
     on a float32 copy of θ that is rounded back to the parameter's dtype once per step. It is not
     a float32 master copy of the parameters: an update smaller than half a unit in the last place
     of θ is lost, which is why bfloat16 parameters stall at about twice float32's loss with
-    either state; ``stochastic_rounding=True`` removes that stall. The setting lives in the param
-    groups, and ``load_state_dict`` keeps such a state in its precision (``torch.optim`` would
-    round it to the parameter's dtype).
+    either state; ``stochastic_rounding=True`` removes that stall. For training in bfloat16 alone,
+    combine it with ``state_precision=torch.bfloat16``, whose m and v are rounded stochastically
+    too: with ``state_precision=None`` they are rounded to nearest (as torch keeps them), and a
+    v that β2 = 0.999 changes by less than half a bfloat16 unit per step stalls as well. The
+    setting lives in the param groups, and ``load_state_dict`` keeps such a state in its precision
+    (``torch.optim`` would round it to the parameter's dtype).
 
     Extension points (override any, in a subclass): :meth:`init_state`, :meth:`get_mv`,
     :meth:`get_lr`, :meth:`bias_corrections`, :meth:`adam_update`, :meth:`step_param`.

@@ -19,13 +19,18 @@ Tensors with fewer than ``min_compressed_numel`` elements (a per-group setting, 
 default, as bitsandbytes' ``min_8bit_size``) keep float32 state under the three compressed
 formats: their memory is negligible and their statistics are the noisiest.
 
-The block formats' maps were chosen by measurement (``python -m benchmarks quantization_maps``):
-the relative error of the update direction :math:`m/\sqrt{\hat v}` on the states of a small
-convolutional network, against the alternatives of :mod:`.codes`. At 8 bits the e3m4 code for
-:math:`m` is as good as the dynamic tree map of Dettmers et al. and, unlike it, encodes with
-integer arithmetic; for :math:`v` the square-root-linear code is the best at both widths, and at
-4 bits any map with a zero code (the dynamic tree's) makes the error explode, the failure Li et
-al. describe.
+The block formats' maps were chosen by measurement. For :math:`m`, by the relative error of the
+update direction :math:`m/\sqrt{\hat v}` after one quantization of a small convolutional
+network's state (``python -m benchmarks quantization_maps``): at 8 bits the e3m4 code is as good
+as the dynamic tree map of Dettmers et al. and, unlike it, encodes with integer arithmetic; at 4
+bits e2m1 is the best. For :math:`v` and :math:`\hat v`, by training
+(``python -m benchmarks low_memory_training``, 10 seeds): that one-shot error favours a code
+linear in :math:`\sqrt{v}`, whose steps are finest near the block's scale, but AMSGrad trained
+better with float codes of wide range (int8: e5m3, 32 binades; int4: e4m0, 16), which keep small
+maxima near their values instead of at the bottom code, where they would shrink those elements'
+steps for good. Neither has a zero code: at 4 bits a map with one (the dynamic tree's) makes the
+error explode, the failure Li et al. describe (an element whose :math:`v` rounds to 0 takes a
+huge step).
 
 State keys: the float formats use torch's keys (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``)
 with tensors of their dtype, so ``torch.optim.Adam`` loads them as they are. The block formats
