@@ -74,32 +74,41 @@ def _gradient_sequences():
     return st.lists(step, min_size=1, max_size=25)
 
 
-@settings(max_examples=60, deadline=None)
-@given(sequence=_gradient_sequences(), beta2=st.sampled_from([0.0, 0.5, 0.9, 0.999]),
-       fmt_name=st.sampled_from(sorted(BLOCK_FORMATS)), step_rule=st.booleans())
-def test_the_stored_maximum_never_decreases(sequence, beta2, fmt_name, step_rule):
-    # step_rule: the optimizers' rule (nearest, never below the previous decoded maximum); else
-    # rounded up, the rule of a state converted from float values.
-    fmt = BLOCK_FORMATS[fmt_name]
-    code_map = fmt.exp_avg_sq
-    numel = 300
+def _stored_maxima(sequence, beta2: float, fmt, step_rule: bool = True):
+    """Per step of ``sequence``: (u, the previous decoded maximum, codes and scales of u as stored).
+
+    u is the kernels' u_t = max(previous decoded maximum, v_t) for a v_t of those gradients;
+    ``step_rule``: stored by the optimizers' rule (nearest, never below the previous decoded
+    maximum), else rounded up, the rule of a state converted from float values.
+    """
+    numel, code_map = 300, fmt.exp_avg_sq
     v = torch.zeros(numel)
     previous = torch.zeros(numel)
     for log_scale, where, log_spike, noise in sequence:
         g = torch.randn(numel, generator=torch.Generator().manual_seed(noise)) * 2.0**log_scale
         g[where] *= 2.0**log_spike
         v = v * beta2 + (g * g) * (1 - beta2)
-        u = torch.maximum(previous, v)  # the kernel's u_t, from the decoded previous maximum
+        u = torch.maximum(previous, v)
         stored = blockwise.quantize(u, code_map, fmt.block, round_up=True, floor=previous if step_rule else None)
-        decoded = blockwise.dequantize(*stored, code_map, fmt.block, numel)
+        yield u, previous, stored
+        previous = blockwise.dequantize(*stored, code_map, fmt.block, numel)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sequence=_gradient_sequences(), beta2=st.sampled_from([0.0, 0.5, 0.9, 0.999]),
+       fmt_name=st.sampled_from(sorted(BLOCK_FORMATS)), step_rule=st.booleans())
+def test_the_stored_maximum_never_decreases(sequence, beta2, fmt_name, step_rule):
+    fmt = BLOCK_FORMATS[fmt_name]
+    code_map, block = fmt.exp_avg_sq, fmt.block
+    for u, previous, stored in _stored_maxima(sequence, beta2, fmt, step_rule):
+        decoded = blockwise.dequantize(*stored, code_map, block, u.numel())
         assert torch.all(decoded >= previous)
         if step_rule:  # the nearest code, unless that one is below the floor
-            nearest = blockwise.dequantize(*blockwise.quantize(u, code_map, fmt.block), code_map, fmt.block, numel)
-            tiny = (stored[1] < blockwise.TINY_SCALE).repeat_interleave(fmt.block)[:numel]
+            nearest = blockwise.dequantize(*blockwise.quantize(u, code_map, block), code_map, block, u.numel())
+            tiny = (stored[1] < blockwise.TINY_SCALE).repeat_interleave(block)[:u.numel()]
             assert torch.all((decoded == nearest) | (decoded >= previous) & (nearest < previous) | tiny)
         else:
             assert torch.all(decoded >= u)
-        previous = decoded
 
 
 @settings(max_examples=60, deadline=None)
@@ -109,25 +118,16 @@ def test_one_code_up_is_the_larger_of_nearest_and_the_smallest_code_not_below_th
     # The identity the module docstring proves: the step rule's single step up lands exactly
     # where max(nearest code, smallest code whose value is not below the floor) does.
     fmt = BLOCK_FORMATS[fmt_name]
-    code_map = fmt.exp_avg_sq
-    numel = 300
-    v = torch.zeros(numel)
-    previous = torch.zeros(numel)
-    for log_scale, where, log_spike, noise in sequence:
-        g = torch.randn(numel, generator=torch.Generator().manual_seed(noise)) * 2.0**log_scale
-        g[where] *= 2.0**log_spike
-        v = v * beta2 + (g * g) * (1 - beta2)
-        u = torch.maximum(previous, v)
-        storage, scales = blockwise.quantize(u, code_map, fmt.block, round_up=True, floor=previous)
-        nearest = blockwise.unpack(blockwise.quantize(u, code_map, fmt.block)[0], code_map.bits, numel)
+    code_map, block = fmt.exp_avg_sq, fmt.block
+    for u, previous, (storage, scales) in _stored_maxima(sequence, beta2, fmt):
+        numel = u.numel()
+        nearest = blockwise.unpack(blockwise.quantize(u, code_map, block)[0], code_map.bits, numel)
         # the smallest code not below the floor, on u's scales: by search over the decoded grid
-        grid = code_map.magnitude_table[None, :] * scales.repeat_interleave(fmt.block)[:numel, None]
+        grid = code_map.magnitude_table[None, :] * scales.repeat_interleave(block)[:numel, None]
         enough = (grid >= previous[:, None]).int().argmax(dim=1)
         expected = torch.maximum(nearest, enough)
-        ordinary = (scales >= blockwise.TINY_SCALE).repeat_interleave(fmt.block)[:numel]
-        codes = blockwise.unpack(storage, code_map.bits, numel)
-        assert torch.equal(codes[ordinary], expected[ordinary])
-        previous = blockwise.dequantize(storage, scales, code_map, fmt.block, numel)
+        ordinary = (scales >= blockwise.TINY_SCALE).repeat_interleave(block)[:numel]
+        assert torch.equal(blockwise.unpack(storage, code_map.bits, numel)[ordinary], expected[ordinary])
 
 
 def _skewed_blocks(seed: int, log_scale: float, fmt_name: str):
