@@ -10,6 +10,10 @@ in a partial block, span several chunks, and (once) use both threads.
 from __future__ import annotations
 
 import copy
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -104,7 +108,7 @@ def _run(config, dtype, storage_name, stochastic, sizes, steps=6, step_dtype=tor
 def test_the_kernel_is_the_reference_bit_for_bit(config, dtype, storage_name, stochastic):
     # Full blocks of both sizes and a partial one; chunks and threads are the next test's. The
     # gradients grow tenfold for 5 steps, then start small again: the maximum's blocks keep
-    # their scale on steps 6 to 8 (where the kernel reads the old codes instead of computing).
+    # their scale on steps 6 to 8 (where no code needs to move up to its floor).
     _run(config, dtype, storage_name, stochastic, sizes=[2 * 256 + 77, 129], steps=8)
 
 
@@ -131,3 +135,24 @@ def test_the_result_does_not_depend_on_the_thread_count():
             torch.set_num_threads(previous)
     (params_a, states_a), (params_b, states_b) = results
     _assert_identical(params_a, states_a, params_b, states_b)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma"} <= _cpu_flags(),
+                    reason="needs an x86 CPU with AVX2 and FMA")
+@pytest.mark.skipif("AMSGRAD_NATIVE_FLAGS" in os.environ, reason="the build under test is already chosen by flags")
+def test_the_avx2_build_is_the_reference_bit_for_bit():
+    # The build a machine without AVX-512 gets: its own vector code (8 lanes, other selects), held
+    # to the same reference. Every test of this module, in a process whose kernel is built so.
+    env = dict(os.environ, AMSGRAD_NATIVE_FLAGS="-mavx2 -mfma -fopenmp")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "skipped" in result.stdout  # this test, in the child
