@@ -67,13 +67,22 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int16) if t.dtype == torch.bfloat16 else t.view(torch.int32) if t.dtype == torch.float32 else t
 
 
-def _assert_identical(params_a, states_a, params_b, states_b):
+def _same_bits(a: torch.Tensor, b: torch.Tensor, any_nan: bool) -> bool:
+    """Bit for bit; with ``any_nan``, a NaN matches any NaN (torch ops leave a NaN's sign and
+    payload undefined, and float state stores them as they come)."""
+    if not any_nan or not a.is_floating_point():
+        return torch.equal(_bits(a), _bits(b))
+    both = torch.isnan(a) & torch.isnan(b)
+    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(_bits(a)[~both], _bits(b)[~both])
+
+
+def _assert_identical(params_a, states_a, params_b, states_b, any_nan: bool = False):
     for index, (a, b) in enumerate(zip(params_a, params_b)):
-        assert torch.equal(_bits(a), _bits(b)), f"param {index}: {(a.float() != b.float()).sum()} elements differ"
+        assert _same_bits(a, b, any_nan), f"param {index}: {(a.float() != b.float()).sum()} elements differ"
     for index, (sa, sb) in enumerate(zip(states_a, states_b)):
         assert sa.keys() == sb.keys()
         for key in sa:
-            assert torch.equal(_bits(sa[key]), _bits(sb[key])), f"param {index} {key} differs"
+            assert _same_bits(sa[key], sb[key], any_nan), f"param {index} {key} differs"
 
 
 def _settings(config) -> StepSettings:
@@ -110,6 +119,31 @@ def test_the_kernel_is_the_reference_bit_for_bit(config, dtype, storage_name, st
     # gradients grow tenfold for 5 steps, then start small again: the maximum's blocks keep
     # their scale on steps 6 to 8 (where no code needs to move up to its floor).
     _run(config, dtype, storage_name, stochastic, sizes=[2 * 256 + 77, 129], steps=8)
+
+
+NONFINITE_CONFIGS = [c for c in KERNEL_CONFIGS if c.name in ("amsgrad", "amsgrad-corrected", "adam")]
+
+
+@pytest.mark.parametrize("dtype, storage_name, stochastic", CASES,
+                         ids=[f"{str(d)[6:]}-{n}{'-sr' if s else ''}" for d, n, s in CASES])
+@pytest.mark.parametrize("config", NONFINITE_CONFIGS, ids=repr)
+def test_nan_and_inf_gradients_give_the_reference_bits(config, dtype, storage_name, stochastic):
+    # A NaN, +inf and -inf in the gradients (nonfinite="propagate"): the codes and scales they
+    # leave are the reference's bit for bit whatever a NaN's sign bit (the encoders read |x|);
+    # float tensors (θ, float state) bit for bit apart from the bits of their NaNs.
+    storage, settings = STORAGES[storage_name], _settings(config)
+    params, states = _problem(dtype, storage, [600, 300])
+    ref_params, ref_states = [p.clone() for p in params], copy.deepcopy(states)
+    for step in range(4):
+        grads = _gradients(params, step)
+        if step == 1:
+            grads[0][5], grads[1][7] = float("nan"), float("inf")
+        if step == 2:
+            grads[0][300] = -float("inf")
+        layout = native_layout(storage, params[0], grads[0], states[0], stochastic)
+        fused_compressed_step(LIB, settings, storage, layout, params, grads, states)
+        reference_compressed_step(settings, storage, ref_params, grads, ref_states, stochastic)
+        _assert_identical(params, states, ref_params, ref_states, any_nan=True)
 
 
 @pytest.mark.parametrize("storage_name", ["int8", "int4", "bfloat16"])

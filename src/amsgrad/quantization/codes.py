@@ -127,14 +127,16 @@ class CodeMap:
     def encode_nearest(self, y: torch.Tensor) -> torch.Tensor:
         r"""The code nearest to each float32 ``y`` (normally in [-1, 1]), as int64; half away from zero.
 
-        Minifloat maps round the float32 bit pattern (exactly the nearest table value); sqrt-linear
-        maps round :math:`\sqrt{y} \cdot 2^b` (nearest in the square root); other maps search
-        the table's midpoints. Out-of-range values clamp to the end codes; NaN gets the top code.
+        Minifloat maps round the float32 bit pattern of :math:`|y|` (exactly the nearest table
+        value; NaN of either sign is the largest pattern); sqrt-linear maps round
+        :math:`\sqrt{y} \cdot 2^b` (nearest in the square root); other maps search the table's
+        midpoints. Out-of-range values clamp to the end codes; NaN gets the top code.
         """
         magnitude = y.abs() if self.signed else y
         top = len(self.magnitudes) - 1
         if self.kind == "minifloat":
-            bits = magnitude.contiguous().view(torch.int32).to(torch.int64)
+            # |y|: so that a NaN's sign bit (which torch ops do not define) never changes its code
+            bits = magnitude.abs().contiguous().view(torch.int32).to(torch.int64)
             index = ((bits + (1 << (self.minifloat_shift - 1))) >> self.minifloat_shift) - self.minifloat_offset
             if self.has_zero:
                 first = self.magnitudes[1] / 2  # exact: a power of two times a float32

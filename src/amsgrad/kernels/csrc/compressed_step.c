@@ -107,7 +107,7 @@ static inline uint32_t encode_nearest_##P(float x, float root, float r, float ga
     q = as_float((uint32_t)min_i32(ibits(q), ibits((float)P##_COUNT))); /* NaN: the top */     \
     return (uint32_t)max_i32((int32_t)q - 1, 0);                                               \
 }
-/* (A negative bit pattern, i.e. a negative NaN, gets code 0, as the torch code computes it.) */
+/* (On the bits of |x r|, so that a NaN of either sign gets the top code, as in codes.py.) */
 #define DEFINE_UNSIGNED_MINIFLOAT(P)                                                            \
 static const float P##_PRESCALE = 1.0f;                                                        \
 static inline float decode_##P(uint32_t k, float t) {                                          \
@@ -115,10 +115,10 @@ static inline float decode_##P(uint32_t k, float t) {                           
 }                                                                                              \
 static inline uint32_t encode_nearest_##P(float x, float root, float r, float gain) {          \
     (void)root; (void)gain;                                                                    \
-    int32_t bits = (int32_t)as_bits(x * r);                                                    \
-    int32_t k = (int32_t)(((uint32_t)bits + (1u << (P##_MINIFLOAT_SHIFT - 1))) >> P##_MINIFLOAT_SHIFT) \
+    uint32_t bits = (uint32_t)ibits(x * r);                                                    \
+    int32_t k = (int32_t)((bits + (1u << (P##_MINIFLOAT_SHIFT - 1))) >> P##_MINIFLOAT_SHIFT)   \
                 - P##_MINIFLOAT_OFFSET;                                                        \
-    return (uint32_t)min_i32(max_i32(bits < 0 ? 0 : k, 0), P##_COUNT - 1);                     \
+    return (uint32_t)min_i32(max_i32(k, 0), P##_COUNT - 1);                                    \
 }
 #if v8_SQRT_LINEAR
 DEFINE_SQRT_LINEAR(v8)
