@@ -104,3 +104,5 @@ def test_the_c_header_is_generated_from_the_tables():
     header = codes.c_header({"m8": BLOCK_FORMATS["int8"].exp_avg})
     assert "do not edit" in header and "#define m8_MINIFLOAT_SHIFT 19" in header
     assert f"{float.hex(BLOCK_FORMATS['int8'].exp_avg.magnitudes[1])}f" in header
+    half = struct.unpack("<I", struct.pack("<f", BLOCK_FORMATS["int8"].exp_avg.magnitudes[1] / 2))[0]
+    assert f"#define m8_HALF_SMALLEST_BITS {half:#010x}" in header

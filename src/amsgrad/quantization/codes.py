@@ -259,6 +259,9 @@ def c_header(maps: dict[str, CodeMap]) -> str:
         lines.append(f"#define {up}_SQRT_LINEAR {int(code_map.kind == 'sqrt_linear')}")
         lines.append(f"#define {up}_MINIFLOAT_SHIFT {code_map.minifloat_shift}")
         lines.append(f"#define {up}_MINIFLOAT_OFFSET {code_map.minifloat_offset}")
+        # where a map with a zero code leaves it: half its smallest non-zero value (exact), as bits
+        half = struct.unpack("<I", struct.pack("<f", next(m for m in code_map.magnitudes if m > 0) / 2))[0]
+        lines.append(f"#define {up}_HALF_SMALLEST_BITS {half:#010x}")
         floats = ", ".join(f"{float.hex(m)}f" for m in code_map.magnitudes)
         lines.append(f"static const float {prefix}_magnitudes[{len(code_map.magnitudes)}] = {{{floats}}};")
         mids = ", ".join(f"{float.hex(float(m))}f" for m in code_map.midpoints.tolist())

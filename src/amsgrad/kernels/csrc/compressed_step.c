@@ -69,10 +69,8 @@ static inline int32_t ibits(float x) { return (int32_t)(as_bits(x) & 0x7FFFFFFFu
 static inline int32_t max_i32(int32_t a, int32_t b) { return a > b ? a : b; }
 static inline int32_t min_i32(int32_t a, int32_t b) { return a < b ? a : b; }
 
-/* Signed minifloat (m): magnitude k > 0 is the float32 with bits (k + OFFSET) << SHIFT; half the
-   smallest one (a normal number: its exponent one less) is where the encoder leaves zero. */
-#define m8_HALF_SMALLEST_BITS ((int32_t)(((1u + m8_MINIFLOAT_OFFSET) << m8_MINIFLOAT_SHIFT) - 0x800000u))
-#define m4_HALF_SMALLEST_BITS ((int32_t)(((1u + m4_MINIFLOAT_OFFSET) << m4_MINIFLOAT_SHIFT) - 0x800000u))
+/* Signed minifloat (m): magnitude k > 0 is the float32 with bits (k + OFFSET) << SHIFT; from half
+   the smallest one (HALF_SMALLEST_BITS) up, the encoder leaves zero. */
 #define DEFINE_MINIFLOAT(P)                                                                     \
 static inline float decode_##P(uint32_t c) {                                                  \
     uint32_t k = c & (P##_COUNT - 1), sign = c >> (P##_BITS - 1);                              \
@@ -83,7 +81,7 @@ static inline uint32_t encode_nearest_##P(float y) {                            
     uint32_t bits = as_bits(y), negative = bits >> 31, a = bits & 0x7FFFFFFFu;                 \
     int32_t k = (int32_t)((a + (1u << (P##_MINIFLOAT_SHIFT - 1))) >> P##_MINIFLOAT_SHIFT)      \
                 - P##_MINIFLOAT_OFFSET;                                                        \
-    int32_t first = (int32_t)a >= P##_HALF_SMALLEST_BITS;                               \
+    int32_t first = (int32_t)a >= (int32_t)P##_HALF_SMALLEST_BITS;                             \
     int32_t small = -(int32_t)(k <= 0);                                                        \
     k = min_i32((k & ~small) | (first & small), P##_COUNT - 1);                                \
     return (uint32_t)k | ((negative & (uint32_t)(k > 0)) << (P##_BITS - 1));                   \
@@ -184,9 +182,9 @@ static inline __attribute__((always_inline)) void encode_codes(
 /* The new codes and scales of one block's moments (a block format), from the buffers that
    step_block filled: m (BM), v (BV), and, for AMSGrad, the new maximum u (BS; its square root for a
    sqrt-linear map) and the previous decoded maximum (BF, the floor); under Adam, BS holds v (or
-   sqrt(v)) instead of u. MAXIMA: the three
-   blocks' scales. m and v are stored to nearest; the maximum to nearest, one code up where that
-   falls below its floor (see blockwise.quantize), so that its decoded value never decreases. */
+   sqrt(v)) instead of u. MAXIMA: the three blocks' scales. m and v are stored to nearest; the
+   maximum to nearest, one code up where that falls below its floor (see blockwise.quantize), so
+   that its decoded value never decreases. */
 static inline __attribute__((always_inline)) void encode_moments(
         const int STATE, const int MAXMODE, const moments_t *restrict mo, int64_t start, int len,
         const float *restrict bm, const float *restrict bv, const float *restrict bs, const float *restrict bf,
@@ -223,7 +221,6 @@ typedef struct {
     uint32_t key_param, key_m, key_v;
     int32_t divide;
 } tensor_work_t;
-
 
 /* Theta's storage: float32, or bfloat16 to nearest, or bfloat16 stochastically rounded. */
 enum { THETA_F32 = 0, THETA_BF16 = 1, THETA_BF16_SR = 2 };
