@@ -14,9 +14,9 @@ with :func:`quantize` ``(round_up=True, floor=`` :math:`\tilde{v}^{\max}_{t-1}` 
 is :math:`s' = \max_i u_i`, and each element gets its nearest code, or the next one up where the
 nearest one decodes below :math:`\tilde{v}^{\max}_{t-1,i}` (checked with the decoder's own
 float32 product, so no rounding in between can undo it). One step up always suffices: the nearest
-code of :math:`u_i` is within half a step of it (in the square root), so the next one decodes
-above :math:`u_i \ge \tilde{v}^{\max}_{t-1,i}`; and at the top code, whose value is :math:`s'`
-itself, nothing is short. The result is the larger of the nearest code and the smallest code
+code of :math:`u_i` is within half a code step of it (in the square root for a sqrt-linear map),
+so the next one decodes above :math:`u_i \ge \tilde{v}^{\max}_{t-1,i}`; and at the top code,
+whose value is :math:`s'` itself, nothing is short. The result is the larger of the nearest code and the smallest code
 that is not below the floor. Hence :math:`\tilde{v}^{\max}_{t} \ge \tilde{v}^{\max}_{t-1}`,
 element by element, at every step, in every format. Without ``floor`` (a state converted from
 float values) each element gets the smallest code not below :math:`u_i` itself. Rounding every

@@ -136,7 +136,7 @@ class CodeMap:
         top = len(self.magnitudes) - 1
         if self.kind == "minifloat":
             # |y|: so that a NaN's sign bit (which torch ops do not define) never changes its code
-            bits = magnitude.abs().contiguous().view(torch.int32).to(torch.int64)
+            bits = y.abs().contiguous().view(torch.int32).to(torch.int64)
             index = ((bits + (1 << (self.minifloat_shift - 1))) >> self.minifloat_shift) - self.minifloat_offset
             if self.has_zero:
                 first = self.magnitudes[1] / 2  # exact: a power of two times a float32
