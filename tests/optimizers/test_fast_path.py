@@ -10,6 +10,8 @@ kernels (which may fuse a multiply and an add, or fold ε differently).
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -351,6 +353,25 @@ def test_the_default_path_needs_no_c_compiler(monkeypatch):
         run(reference, reference_params, range(3))
         run(fast, fast_params, range(3))
         assert_close_runs(reference, reference_params, fast, fast_params, exact=False)
+
+
+def test_the_kernel_cache_key_names_the_cpu_features(monkeypatch):
+    # Two CPUs of one model name but different features must not share a -march=native build.
+    info = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2\n\nprocessor\t: 1\n"
+    opened = []
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/cpuinfo":
+            opened.append(path)
+            return io.StringIO(info)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    signature = native._cpu_signature()
+    assert opened and "model name\t: Some CPU" in signature and "avx2" in signature
+    info = info.replace("avx2", "avx512f")
+    assert native._cpu_signature() != signature
 
 
 @needs_native

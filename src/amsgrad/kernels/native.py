@@ -152,15 +152,23 @@ def _cache_dir() -> Path:
 
 
 def _cpu_signature() -> str:
-    # -march=native code runs only on this CPU model: the cache key includes its flags.
+    """The first CPU's model name and feature flags (``/proc/cpuinfo``), else what ``platform`` says.
+
+    -march=native code runs only on a CPU with the same features: the build's cache key includes
+    them, so that a cache shared between machines of one model name never hands an AVX-512 build
+    to an AVX2 machine."""
+    lines: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
             for line in info:
-                if line.startswith(("flags", "Features", "model name")):
-                    return line
+                if not line.strip():  # the end of the first processor's block
+                    break
+                name = line.split(":", 1)[0].strip()
+                if name in ("model name", "flags", "Features"):
+                    lines.setdefault(name, line.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return "\n".join(lines.values()) or platform.processor() or platform.machine()
 
 
 # Always; then the first of these that the compiler accepts (best first: OpenMP threads and
