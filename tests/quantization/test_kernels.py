@@ -96,23 +96,30 @@ def _settings(config) -> StepSettings:
 KERNEL_CONFIGS = [config for config in CONFIGS if _settings(config).plain]
 
 
-def _run(config, dtype, storage_name, stochastic, sizes, steps=6, step_dtype=torch.float32):
+def _run(config, dtype, storage_name, stochastic, sizes, steps=6, step_dtype=torch.float32, edit=None,
+         any_nan=False):
+    """Both steps on the same problem, compared after every step; ``edit(step, grads)`` may change
+    the gradients first."""
     storage = STORAGES[storage_name]
     settings = _settings(config)
     params, states = _problem(dtype, storage, sizes, step_dtype=step_dtype)
     ref_params, ref_states = [p.clone() for p in params], copy.deepcopy(states)
     for step in range(steps):
         grads = _gradients(params, step)
+        if edit is not None:
+            edit(step, grads)
         layout = native_layout(storage, params[0], grads[0], states[0], stochastic)
         assert layout is not None
         fused_compressed_step(LIB, settings, storage, layout, params, grads, states)
         reference_compressed_step(settings, storage, ref_params, grads, ref_states, stochastic)
-        _assert_identical(params, states, ref_params, ref_states)
+        _assert_identical(params, states, ref_params, ref_states, any_nan)
     return params, states
 
 
-@pytest.mark.parametrize("dtype, storage_name, stochastic", CASES,
-                         ids=[f"{str(d)[6:]}-{n}{'-sr' if s else ''}" for d, n, s in CASES])
+CASE_IDS = [f"{str(d)[6:]}-{n}{'-sr' if s else ''}" for d, n, s in CASES]
+
+
+@pytest.mark.parametrize("dtype, storage_name, stochastic", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("config", KERNEL_CONFIGS, ids=repr)
 def test_the_kernel_is_the_reference_bit_for_bit(config, dtype, storage_name, stochastic):
     # Full blocks of both sizes and a partial one; chunks and threads are the next test's. The
@@ -124,26 +131,19 @@ def test_the_kernel_is_the_reference_bit_for_bit(config, dtype, storage_name, st
 NONFINITE_CONFIGS = [c for c in KERNEL_CONFIGS if c.name in ("amsgrad", "amsgrad-corrected", "adam")]
 
 
-@pytest.mark.parametrize("dtype, storage_name, stochastic", CASES,
-                         ids=[f"{str(d)[6:]}-{n}{'-sr' if s else ''}" for d, n, s in CASES])
+@pytest.mark.parametrize("dtype, storage_name, stochastic", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("config", NONFINITE_CONFIGS, ids=repr)
 def test_nan_and_inf_gradients_give_the_reference_bits(config, dtype, storage_name, stochastic):
     # A NaN, +inf and -inf in the gradients (nonfinite="propagate"): the codes and scales they
     # leave are the reference's bit for bit whatever a NaN's sign bit (the encoders read |x|);
     # float tensors (θ, float state) bit for bit apart from the bits of their NaNs.
-    storage, settings = STORAGES[storage_name], _settings(config)
-    params, states = _problem(dtype, storage, [600, 300])
-    ref_params, ref_states = [p.clone() for p in params], copy.deepcopy(states)
-    for step in range(4):
-        grads = _gradients(params, step)
+    def poison(step, grads):
         if step == 1:
             grads[0][5], grads[1][7] = float("nan"), float("inf")
         if step == 2:
             grads[0][300] = -float("inf")
-        layout = native_layout(storage, params[0], grads[0], states[0], stochastic)
-        fused_compressed_step(LIB, settings, storage, layout, params, grads, states)
-        reference_compressed_step(settings, storage, ref_params, grads, ref_states, stochastic)
-        _assert_identical(params, states, ref_params, ref_states, any_nan=True)
+
+    _run(config, dtype, storage_name, stochastic, sizes=[600, 300], steps=4, edit=poison, any_nan=True)
 
 
 @pytest.mark.parametrize("storage_name", ["int8", "int4", "bfloat16"])
@@ -171,15 +171,8 @@ def test_the_result_does_not_depend_on_the_thread_count():
     _assert_identical(params_a, states_a, params_b, states_b)
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
-    except OSError:
-        return set()
-
-
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma"} <= _cpu_flags(),
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64")
+                    or not {"avx2", "fma"} <= set(native._cpu_signature().split()),
                     reason="needs an x86 CPU with AVX2 and FMA")
 @pytest.mark.skipif("AMSGRAD_NATIVE_FLAGS" in os.environ, reason="the build under test is already chosen by flags")
 def test_the_avx2_build_is_the_reference_bit_for_bit():
