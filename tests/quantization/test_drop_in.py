@@ -21,6 +21,7 @@ from amsgrad.quantization.state import float_moments
 from tests.optimizers.helpers import assert_same_run, clone_params, gradients, run_steps
 from tests.optimizers.test_capturable_differentiable import NoHostReads
 from tests.optimizers.test_refusals import assert_unchanged, snapshot, two_groups
+from tests.quantization.test_low_memory import rounded_up_limit
 
 PRECISIONS = [torch.bfloat16, "int8", "int4"]
 PRECISION_IDS = ["bfloat16", "int8", "int4"]
@@ -256,11 +257,7 @@ def test_enable_amsgrad_encodes_the_maximum_from_v_rounded_up(precision, max_of)
         if max_of == "raw":
             assert torch.equal(maximum, v)  # v is on the grid already: encoding it again gives it back
         else:
-            # rounded up by less than one code step: a factor 1 + 2^-M for the M mantissa bits of the
-            # block formats' v codes (int8: e5m3, int4: e4m0), 1 + 2^-7 for bfloat16; or to the smallest
-            # code's value (2^-32, 2^-15 of the block's scale)
-            step, smallest = {"int4": (1.0, 2.0**-15), "int8": (2.0**-3, 2.0**-32)}.get(precision, (2.0**-7, 0.0))
-            assert torch.all(maximum <= torch.clamp(v * (1 + step) * (1 + 2.0**-20), min=smallest * float(v.max())))
+            assert torch.all(maximum <= rounded_up_limit(precision, v))  # by less than one code step
 
 
 @pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISION_IDS)

@@ -24,6 +24,17 @@ from tests.reliability.small_model import train_small_mlp
 
 PRECISIONS = [torch.bfloat16, "int8", "int4"]
 PRECISION_IDS = ["bfloat16", "int8", "int4"]
+
+#: The maximum's codes: one step up is a factor 1 + 2^-M for their M mantissa bits (int8: e5m3,
+#: int4: e4m0, bfloat16: 7), and the smallest code's value, relative to its block's scale.
+MAXIMUM_STEP_AND_SMALLEST = {"int8": (2.0**-3, 2.0**-32), "int4": (1.0, 2.0**-15), torch.bfloat16: (2.0**-7, 0.0)}
+
+
+def rounded_up_limit(precision, values: torch.Tensor) -> torch.Tensor:
+    """The most that a maximum rounded up from ``values`` may decode to: less than one code step
+    above each value, or the smallest code's value (in a block whose scale is at most the largest)."""
+    step, smallest = MAXIMUM_STEP_AND_SMALLEST[precision]
+    return torch.clamp(values * (1 + step) * (1 + 2.0**-20), min=smallest * float(values.max()))
 READABLE = dict(foreach=False, fused=False)
 
 
@@ -171,18 +182,16 @@ def test_a_float32_state_loaded_into_a_compressed_optimizer_is_quantized(precisi
     state = ours.state[params[0]]
     assert ("exp_avg" in state) == (precision == torch.bfloat16)
     decoded = float_moments(state, params[0], torch.float32)
-    # v and v̂ codes are float codes with M mantissa bits (int8: e5m3, int4: e4m0): v to nearest
-    # within half a code step of the block's scale, the maximum rounded up within one step (a
-    # factor 1 + 2^-M) of each value, or to the smallest code (2^-32, 2^-15 of the block's scale)
-    bounds = {"int8": (0.02, 2.0**-4, 2.0**-3, 2.0**-32), "int4": (0.2, 0.25, 1.0, 2.0**-15)}
-    m_bound, v_bound, step, smallest = bounds.get(precision, (0.02, 0.02, 2.0**-7, 0.0))
+    # v and v̂ codes are float codes (int8: e5m3, int4: e4m0): v to nearest within half a code step
+    # of the block's scale, the maximum rounded up within one step of each value (rounded_up_limit)
+    m_bound, v_bound = {"int8": (0.02, 2.0**-4), "int4": (0.2, 0.25)}.get(precision, (0.02, 0.02))
+    step = MAXIMUM_STEP_AND_SMALLEST[precision][0]
     for key, bound in (("exp_avg", m_bound), ("exp_avg_sq", v_bound), ("max_exp_avg_sq", step)):
         original = theirs.state[params[0]][key]
         error = (decoded[key] - original).abs().max() / original.abs().max()
         assert error <= bound, (key, error)
     original = theirs.state[params[0]]["max_exp_avg_sq"]
-    limit = torch.clamp(original * (1 + step) * (1 + 2.0**-20), min=smallest * float(original.max()))
-    assert torch.all(decoded["max_exp_avg_sq"] <= limit)
+    assert torch.all(decoded["max_exp_avg_sq"] <= rounded_up_limit(precision, original))
     assert torch.all(decoded["max_exp_avg_sq"] >= theirs.state[params[0]]["max_exp_avg_sq"])  # rounded up
     assert ours.state[params[1]]["exp_avg"].dtype == torch.float32  # small: full precision, as it was
     before = params[0].detach().clone()
