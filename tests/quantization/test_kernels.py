@@ -97,12 +97,14 @@ KERNEL_CONFIGS = [config for config in CONFIGS if _settings(config).plain]
 
 
 def _run(config, dtype, storage_name, stochastic, sizes, steps=6, step_dtype=torch.float32, edit=None,
-         any_nan=False):
+         any_nan=False, edit_states=None):
     """Both steps on the same problem, compared after every step; ``edit(step, grads)`` may change
-    the gradients first."""
+    the gradients first, and ``edit_states(states)`` the initial states."""
     storage = STORAGES[storage_name]
     settings = _settings(config)
     params, states = _problem(dtype, storage, sizes, step_dtype=step_dtype)
+    if edit_states is not None:
+        edit_states(states)
     ref_params, ref_states = [p.clone() for p in params], copy.deepcopy(states)
     for step in range(steps):
         grads = _gradients(params, step)
@@ -128,7 +130,7 @@ def test_the_kernel_is_the_reference_bit_for_bit(config, dtype, storage_name, st
     _run(config, dtype, storage_name, stochastic, sizes=[2 * 256 + 77, 129], steps=8)
 
 
-NONFINITE_CONFIGS = [c for c in KERNEL_CONFIGS if c.name in ("amsgrad", "amsgrad-corrected", "adam")]
+NONFINITE_CONFIGS = [c for c in KERNEL_CONFIGS if c.name in ("amsgrad", "amsgrad-max-corrected", "adam")]
 
 
 @pytest.mark.parametrize("dtype, storage_name, stochastic", CASES, ids=CASE_IDS)
@@ -144,6 +146,31 @@ def test_nan_and_inf_gradients_give_the_reference_bits(config, dtype, storage_na
             grads[0][300] = -float("inf")
 
     _run(config, dtype, storage_name, stochastic, sizes=[600, 300], steps=4, edit=poison, any_nan=True)
+
+
+MAXIMUM_CONFIGS = [c for c in KERNEL_CONFIGS if c.name in ("amsgrad", "amsgrad-max-corrected")]
+
+
+@pytest.mark.parametrize("dtype, storage_name, stochastic", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("config", MAXIMUM_CONFIGS, ids=repr)
+def test_zero_tiny_and_nan_maxima_give_the_reference_bits(config, dtype, storage_name, stochastic):
+    # The first 256 elements never get a gradient (their blocks' scales stay 0: the maximum's
+    # codes are all set to the top), the next 256 get ones so small that v's scales fall below
+    # TINY_SCALE, and the stored maximum alone holds a NaN (its block's scale, or one element of a
+    # float state) where v holds none: a NaN maximum wins over v, as in torch.maximum.
+    def quiet(step, grads):
+        grads[0][:256] = 0.0
+        grads[0][256:512] = 1e-17
+
+    def nan_maximum(states):
+        state = states[0]
+        if "max_exp_avg_sq_scales" in state:
+            state["max_exp_avg_sq_scales"][-1] = float("nan")
+        else:
+            state["max_exp_avg_sq"][700] = float("nan")
+
+    _run(config, dtype, storage_name, stochastic, sizes=[768, 129], steps=3, edit=quiet, any_nan=True,
+         edit_states=nan_maximum)
 
 
 @pytest.mark.parametrize("storage_name", ["int8", "int4", "bfloat16"])
