@@ -11,6 +11,10 @@
 
 #define VSET(x) _mm512_set1_epi32((int)(x))
 
+/* How far ahead of the block being stepped its streams are prefetched, in elements (of 256 to
+   2048, the fastest at 16M elements on 2 threads of a Zen 4). */
+enum { PREFETCH_AHEAD = 1024 };
+
 /* The 16 codes of elements [16 j, 16 j + 16) of a block, one per 32-bit lane (4-bit: unpacked,
    the code in the low 4 bits and the other nibble above it, which the table lookups ignore). */
 static inline __m512i avx_codes(const int EIGHT, const uint8_t *block, int j) {
@@ -84,6 +88,7 @@ static inline __attribute__((always_inline)) void avx_step_block(
     const block_scalars_t *k = &w->k;
     const int64_t b = at / block;
     const int64_t code_at = EIGHT ? at : at / 2;
+    const int code_bytes = EIGHT ? block : block / 2;
     const uint8_t *cm = (const uint8_t *)mo->m + code_at, *cv = (const uint8_t *)mo->v + code_at;
     const uint8_t *cu = MAXMODE ? (const uint8_t *)mo->vm + code_at : 0;
     /* the 4-bit codes' values: m's, its 8 magnitudes and their negatives, and v's 16 */
@@ -104,6 +109,16 @@ static inline __attribute__((always_inline)) void avx_step_block(
     __m512 bm[16], bv[16], bu[16], bf[16];
     __m512i top_m = _mm512_setzero_si512(), top_v = top_m, top_u = top_m;
     for (int j = 0; j < lanes; ++j) {
+        /* The hardware prefetcher alone leaves memory idle while a block is encoded: every stream
+           is fetched PREFETCH_AHEAD elements ahead, a line of θ and g per iteration. */
+        _mm_prefetch((const char *)(g + at + PREFETCH_AHEAD + 16 * j), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + at + PREFETCH_AHEAD + 16 * j), _MM_HINT_T0);
+        if (j % 4 == 0 && 16 * j < code_bytes) {
+            const int64_t ahead = (EIGHT ? PREFETCH_AHEAD : PREFETCH_AHEAD / 2) + 16 * j;
+            _mm_prefetch((const char *)(cm + ahead), _MM_HINT_T0);
+            _mm_prefetch((const char *)(cv + ahead), _MM_HINT_T0);
+            if (MAXMODE) _mm_prefetch((const char *)(cu + ahead), _MM_HINT_T0);
+        }
         __m512 gi = _mm512_loadu_ps(g + at + 16 * j);
         __m512 pi = _mm512_loadu_ps(p + at + 16 * j);
         if (DECAY == 2) pi = _mm512_mul_ps(pi, factor);
