@@ -76,13 +76,19 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor, any_nan: bool) -> bool:
     return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(_bits(a)[~both], _bits(b)[~both])
 
 
-def _assert_identical(params_a, states_a, params_b, states_b, any_nan: bool = False):
+def _assert_identical(params_a, states_a, params_b, states_b, any_nan: bool = False, nan_bits_kept: bool = False):
+    """``any_nan``: NaNs of float32 tensors, and of bfloat16 state kept as torch writes it
+    (``nan_bits_kept``), match any NaN; bfloat16 written by the kernels' own rounding (θ, and
+    the stochastically rounded state) stores the canonical NaN, bit for bit."""
+    def loose(tensor, is_state):
+        return any_nan and (tensor.dtype != torch.bfloat16 or (is_state and nan_bits_kept))
+
     for index, (a, b) in enumerate(zip(params_a, params_b)):
-        assert _same_bits(a, b, any_nan), f"param {index}: {(a.float() != b.float()).sum()} elements differ"
+        assert _same_bits(a, b, loose(a, False)), f"param {index}: {(a.float() != b.float()).sum()} elements differ"
     for index, (sa, sb) in enumerate(zip(states_a, states_b)):
         assert sa.keys() == sb.keys()
         for key in sa:
-            assert _same_bits(sa[key], sb[key], any_nan), f"param {index} {key} differs"
+            assert _same_bits(sa[key], sb[key], loose(sa[key], True)), f"param {index} {key} differs"
 
 
 def _settings(config) -> StepSettings:
@@ -114,7 +120,8 @@ def _run(config, dtype, storage_name, stochastic, sizes, steps=6, step_dtype=tor
         assert layout is not None
         fused_compressed_step(LIB, settings, storage, layout, params, grads, states)
         reference_compressed_step(settings, storage, ref_params, grads, ref_states, stochastic)
-        _assert_identical(params, states, ref_params, ref_states, any_nan)
+        _assert_identical(params, states, ref_params, ref_states, any_nan,
+                          nan_bits_kept=storage_name == "bfloat16-nearest")
     return params, states
 
 
@@ -136,12 +143,12 @@ NONFINITE_CONFIGS = [c for c in KERNEL_CONFIGS if c.name in ("amsgrad", "amsgrad
 @pytest.mark.parametrize("dtype, storage_name, stochastic", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("config", NONFINITE_CONFIGS, ids=repr)
 def test_nan_and_inf_gradients_give_the_reference_bits(config, dtype, storage_name, stochastic):
-    # A NaN, +inf and -inf in the gradients (nonfinite="propagate"): the codes and scales they
+    # A NaN of either sign, +inf and -inf in the gradients (nonfinite="propagate"): the codes and scales they
     # leave are the reference's bit for bit whatever a NaN's sign bit (the encoders read |x|);
     # float tensors (θ, float state) bit for bit apart from the bits of their NaNs.
     def poison(step, grads):
         if step == 1:
-            grads[0][5], grads[1][7] = float("nan"), float("inf")
+            grads[0][5], grads[0][9], grads[1][7] = float("nan"), -float("nan"), float("inf")
         if step == 2:
             grads[0][300] = -float("inf")
 

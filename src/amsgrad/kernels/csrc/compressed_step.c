@@ -324,13 +324,14 @@ static inline __attribute__((always_inline)) void step_block(
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__) \
     && !v8_SQRT_LINEAR && !v4_SQRT_LINEAR
 #define HAVE_AVX512_BLOCKS 1
-#include "blocks_avx512.h"
+#include "steps_avx512.h"
 #else
 #define HAVE_AVX512_BLOCKS 0
 #endif
 
 /* The chunk [start, start + len) of one tensor: every block through step_block and, for the block
-   formats, encode_moments (full blocks of float32 parameters on AVX-512: avx_step_block). */
+   formats, encode_moments (on AVX-512, full blocks of float32 parameters: avx_step_block, and
+   avx_step_bf16_state for bfloat16 state). */
 static inline __attribute__((always_inline)) void run_chunk_of(
         const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE,
         void *p, const void *g, const moments_t *mo, int64_t start, int64_t len, const tensor_work_t *w) {
@@ -342,6 +343,11 @@ static inline __attribute__((always_inline)) void run_chunk_of(
 #if HAVE_AVX512_BLOCKS
         if (blocked && THETA == THETA_F32 && n == block) {
             avx_step_block(STATE, DECAY, MAXMODE, DIVIDE, (float *)p, (const float *)g, mo, at, w);
+            at += n;
+            continue;
+        }
+        if (STATE == STATE_BF16 && THETA == THETA_F32 && n == block) {
+            avx_step_bf16_state(DECAY, MAXMODE, DIVIDE, 256, (float *)p, (const float *)g, mo, at, w);
             at += n;
             continue;
         }

@@ -167,3 +167,79 @@ static inline __attribute__((always_inline)) void avx_step_block(
         }
     }
 }
+
+/* ------------------------------------------------- bfloat16 state, float32 parameters */
+static inline __m512i avx_lowbias32(__m512i x) {
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+    x = _mm512_mullo_epi32(x, VSET(0x7feb352du));
+    x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+    x = _mm512_mullo_epi32(x, VSET(0x846ca68bu));
+    return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+
+static inline __m512 avx_load_bf16(const uint16_t *at) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)at)), 16));
+}
+
+/* bf16_stochastic of 16 values whose element indices are `index`; NaN: the canonical one. */
+static inline void avx_store_bf16_stochastic(uint16_t *to, __m512 x, __m512i index, uint32_t key) {
+    __m512i noise = _mm512_srli_epi32(avx_lowbias32(_mm512_add_epi32(index, VSET(key))), 16);
+    __m512i top = _mm512_srli_epi32(_mm512_add_epi32(_mm512_castps_si512(x), noise), 16);
+    top = _mm512_mask_mov_epi32(top, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), VSET(0x7FC0));
+    _mm256_storeu_si256((__m256i *)to, _mm512_cvtepi32_epi16(top));
+}
+
+/* bf16_up: the next bfloat16 up for a positive value with bits below the top 16 (NaN: canonical). */
+static inline void avx_store_bf16_up(uint16_t *to, __m512 x) {
+    __m512i bits = _mm512_castps_si512(x);
+    __mmask16 bump = _mm512_mask_cmp_ps_mask(_mm512_test_epi32_mask(bits, VSET(0xFFFF)), x, _mm512_setzero_ps(),
+                                             _CMP_GE_OQ); /* (-0 has no low bits) */
+    __m512i top = _mm512_srli_epi32(_mm512_mask_add_epi32(bits, bump, bits, VSET(0x10000)), 16);
+    top = _mm512_mask_mov_epi32(top, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), VSET(0x7FC0));
+    _mm256_storeu_si256((__m256i *)to, _mm512_cvtepi32_epi16(top));
+}
+
+/* The step of LEN elements from `at` (a multiple of 16) with bfloat16 state: what step_block
+   computes for STATE_BF16, THETA_F32, with the same prefetching as avx_step_block. */
+static inline __attribute__((always_inline)) void avx_step_bf16_state(
+        const int DECAY, const int MAXMODE, const int DIVIDE, const int LEN,
+        float *restrict p, const float *restrict g, const moments_t *restrict mo, int64_t at,
+        const tensor_work_t *restrict w) {
+    const block_scalars_t *k = &w->k;
+    uint16_t *m = (uint16_t *)mo->m, *v = (uint16_t *)mo->v, *vm = (uint16_t *)mo->vm;
+    const __m512 sign = _mm512_set1_ps(k->sign), wd = _mm512_set1_ps(k->wd), factor = _mm512_set1_ps(k->factor);
+    const __m512 b1 = _mm512_set1_ps(k->b1), b2 = _mm512_set1_ps(k->b2);
+    const __m512 omb1 = _mm512_set1_ps(DECAY == 1 ? k->omb1 : k->omb1 * k->sign); /* (as in avx_step_block) */
+    const __m512 omb2 = _mm512_set1_ps(k->omb2), eps = _mm512_set1_ps(k->eps), c2 = _mm512_set1_ps(k->c2);
+    const __m512 sc2 = _mm512_set1_ps(k->sc2), neg_ss = _mm512_set1_ps(k->neg_ss);
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    for (int i = 0; i < LEN; i += 16) {
+        const int64_t e = at + i;
+        _mm_prefetch((const char *)(g + e + PREFETCH_AHEAD), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + e + PREFETCH_AHEAD), _MM_HINT_T0);
+        if (i % 32 == 0) {
+            _mm_prefetch((const char *)(m + e + PREFETCH_AHEAD), _MM_HINT_T0);
+            _mm_prefetch((const char *)(v + e + PREFETCH_AHEAD), _MM_HINT_T0);
+            if (MAXMODE) _mm_prefetch((const char *)(vm + e + PREFETCH_AHEAD), _MM_HINT_T0);
+        }
+        __m512 gi = _mm512_loadu_ps(g + e), pi = _mm512_loadu_ps(p + e);
+        if (DECAY == 2) pi = _mm512_mul_ps(pi, factor);
+        if (DECAY == 1) gi = _mm512_add_ps(_mm512_mul_ps(gi, sign), _mm512_mul_ps(pi, wd));
+        __m512 mi = _mm512_add_ps(_mm512_mul_ps(avx_load_bf16(m + e), b1), _mm512_mul_ps(gi, omb1));
+        __m512 vi = _mm512_add_ps(_mm512_mul_ps(avx_load_bf16(v + e), b2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), omb2));
+        __m512 ui = vi;
+        if (MAXMODE) {
+            __m512 c = MAXMODE == 2 ? _mm512_div_ps(vi, c2) : vi;
+            __m512 ai = avx_load_bf16(vm + e);
+            ui = _mm512_mask_mov_ps(_mm512_max_ps(ai, c), _mm512_cmp_ps_mask(ai, ai, _CMP_UNORD_Q), ai);
+        }
+        __m512 d = _mm512_sqrt_ps(ui);
+        if (DIVIDE) d = _mm512_div_ps(d, sc2);
+        d = _mm512_add_ps(d, eps);
+        _mm512_storeu_ps(p + e, _mm512_add_ps(pi, _mm512_div_ps(_mm512_mul_ps(mi, neg_ss), d)));
+        const __m512i index = _mm512_add_epi32(VSET((uint32_t)e), lane);
+        avx_store_bf16_stochastic(m + e, mi, index, w->key_m);
+        avx_store_bf16_stochastic(v + e, vi, index, w->key_v);
+        if (MAXMODE) avx_store_bf16_up(vm + e, ui);
+    }
+}
