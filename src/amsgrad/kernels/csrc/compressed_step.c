@@ -330,8 +330,8 @@ static inline __attribute__((always_inline)) void step_block(
 #endif
 
 /* The chunk [start, start + len) of one tensor: every block through step_block and, for the block
-   formats, encode_moments (on AVX-512, full blocks of float32 parameters: avx_step_block, and
-   avx_step_bf16_state for bfloat16 state). */
+   formats, encode_moments (on AVX-512, every full block through avx_step_block or
+   avx_step_elements instead). */
 static inline __attribute__((always_inline)) void run_chunk_of(
         const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE,
         void *p, const void *g, const moments_t *mo, int64_t start, int64_t len, const tensor_work_t *w) {
@@ -341,13 +341,9 @@ static inline __attribute__((always_inline)) void run_chunk_of(
     while (at < end) {
         int n = end - at < block ? (int)(end - at) : block;
 #if HAVE_AVX512_BLOCKS
-        if (blocked && THETA == THETA_F32 && n == block) {
-            avx_step_block(STATE, DECAY, MAXMODE, DIVIDE, (float *)p, (const float *)g, mo, at, w);
-            at += n;
-            continue;
-        }
-        if (STATE == STATE_BF16 && THETA == THETA_F32 && n == block) {
-            avx_step_bf16_state(DECAY, MAXMODE, DIVIDE, 256, (float *)p, (const float *)g, mo, at, w);
+        if (n == block) { /* every format and θ */
+            if (blocked) avx_step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, p, g, mo, at, w);
+            else avx_step_elements(STATE, THETA, DECAY, MAXMODE, DIVIDE, block, p, g, mo, at, w);
             at += n;
             continue;
         }
