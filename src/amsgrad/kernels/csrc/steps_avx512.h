@@ -107,8 +107,10 @@ static inline __m512i avx_indices(int64_t e) {
 }
 
 /* Prefetches a stream PREFETCH_AHEAD elements ahead of element e (a multiple of 16, from a
-   line-aligned start), once per 64-byte line: BYTES16 is how many bytes 16 of its elements take. */
-static inline void avx_prefetch(const void *stream, int64_t e, const int BYTES16) {
+   line-aligned start), once per 64-byte line: BYTES16 is how many bytes 16 of its elements take.
+   (Always inlined: gcc takes a function that only prefetches for one without side effects, and
+   drops its calls.) */
+static inline __attribute__((always_inline)) void avx_prefetch(const void *stream, int64_t e, const int BYTES16) {
     if ((e * BYTES16 / 16) % 64 < BYTES16)
         _mm_prefetch((const char *)stream + (e + PREFETCH_AHEAD) * BYTES16 / 16, _MM_HINT_T0);
 }
