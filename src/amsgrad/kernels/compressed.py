@@ -43,24 +43,29 @@ def state_kind(storage: Storage, param_dtype: torch.dtype) -> int | None:
     return None  # float32 state of float32 parameters: the float kernel (adam_step.c)
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_STEP_DTYPES = (torch.float32, torch.float64)
+_BLOCK_STATE_KEYS = tuple(f"{key}_{part}" for key in MOMENTS for part in ("codes", "scales"))
+
+
 def native_layout(storage: Storage, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
                   stochastic: bool) -> native.NativeLayout | None:
     """The kernel's layout for one tensor, or None when the kernel cannot update it."""
-    if param.device.type != "cpu" or param.dtype not in _PARAM_KINDS or grad.dtype != param.dtype:
+    # (is_cpu rather than device.type: this runs for every tensor at every step, and a device is a new object)
+    if not param.is_cpu or param.dtype not in _PARAM_KINDS or grad.dtype != param.dtype:
         return None
-    if type(param) not in (torch.Tensor, torch.nn.Parameter) or type(grad) not in (torch.Tensor, torch.nn.Parameter):
+    if type(param) not in _PLAIN or type(grad) not in _PLAIN:
         return None
     kind = state_kind(storage, param.dtype)
     step = state["step"]
-    if kind is None or step.device.type != "cpu" or step.dtype not in (torch.float32, torch.float64):
+    if kind is None or not step.is_cpu or step.dtype not in _STEP_DTYPES:
         return None
     if not (param.is_contiguous() and grad.is_contiguous()):
         return None
-    for key in MOMENTS:
-        for name in ((f"{key}_codes", f"{key}_scales") if storage.kind == "block" else (key,)):
-            value = state.get(name)
-            if value is not None and not (value.is_contiguous() and value.device.type == "cpu"):
-                return None
+    for name in _BLOCK_STATE_KEYS if storage.kind == "block" else MOMENTS:
+        value = state.get(name)
+        if value is not None and not (value.is_contiguous() and value.is_cpu):
+            return None
     return native.NativeLayout(param_kind=_PARAM_KINDS[param.dtype], state_kind=kind,
                                stochastic_param=int(bool(stochastic) and param.dtype == torch.bfloat16))
 

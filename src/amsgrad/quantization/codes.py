@@ -85,6 +85,13 @@ class CodeMap:
         if self.signed and self.magnitudes[0] != 0.0:
             raise ValueError(f"{self.name}: a signed map starts its magnitudes at 0")
 
+    def __hash__(self) -> int:  # (kept by the dataclass; the magnitudes are hashed once, not at each lookup)
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash(dataclasses.astuple(self))
+
     # ----------------------------------------------------------- tables
     @property
     def size(self) -> int:

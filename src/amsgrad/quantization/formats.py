@@ -43,6 +43,7 @@ the same random bits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -67,6 +68,13 @@ class BlockFormat:
     block: int
     exp_avg: CodeMap
     exp_avg_sq: CodeMap  # also the maximum's, never stored below its previous value
+
+    def __hash__(self) -> int:  # (kept by the dataclass: a format is hashed at every step, per tensor)
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash((self.name, self.bits, self.block, self.exp_avg, self.exp_avg_sq))
 
     def code_map(self, key: str) -> CodeMap:
         return self.exp_avg if key == "exp_avg" else self.exp_avg_sq

@@ -143,10 +143,7 @@ def state_layout(state: dict[str, Any], key: str, numel: int) -> Storage | None:
     """The storage that moment ``key`` of a state is in now (None: absent)."""
     codes = state.get(f"{key}_codes")
     if codes is not None:
-        for fmt in BLOCK_FORMATS.values():
-            if codes.numel() == blockwise.code_bytes(numel, fmt.bits):
-                return Storage("block", block_format=fmt)
-        raise ValueError(f"state {key}_codes has {codes.numel()} codes for {numel} elements: no known format")
+        return Storage("block", block_format=_block_format_of(codes, key, numel))
     value = state.get(key)
     if value is None:
         return None
@@ -177,12 +174,30 @@ def conform_state(state: dict[str, Any], storage: Storage, param: torch.Tensor) 
 
 def is_conformed(state: dict[str, Any], storage: Storage, param: torch.Tensor) -> bool:
     """Whether every moment present in ``state`` is in ``storage`` already (:func:`conform_state` would
-    leave it as it is)."""
-    for key in MOMENTS:
-        current = state_layout(state, key, param.numel())
-        if current is not None and not _same(current, storage):
+    leave it as it is). As ``_same(state_layout(...), storage)`` for each moment, without making a
+    Storage per moment: it runs for every tensor at every step."""
+    numel = param.numel()
+    block = storage.kind == "block"
+    for key, codes_key in _CODES_KEYS:
+        codes = state.get(codes_key)
+        if codes is not None:
+            if not block or _block_format_of(codes, key, numel) != storage.block_format:
+                return False
+            continue
+        value = state.get(key)
+        if value is not None and (block or value.dtype != storage.dtype):
             return False
     return True
+
+
+_CODES_KEYS = tuple((key, f"{key}_codes") for key in MOMENTS)
+
+
+def _block_format_of(codes: torch.Tensor, key: str, numel: int) -> BlockFormat:
+    for fmt in BLOCK_FORMATS.values():
+        if codes.numel() == blockwise.code_bytes(numel, fmt.bits):
+            return fmt
+    raise ValueError(f"state {key}_codes has {codes.numel()} codes for {numel} elements: no known format")
 
 
 def has_moment(state: dict[str, Any], key: str) -> bool:
