@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
@@ -106,3 +107,18 @@ def test_the_c_header_is_generated_from_the_tables():
     assert f"{float.hex(BLOCK_FORMATS['int8'].exp_avg.magnitudes[1])}f" in header
     half = struct.unpack("<I", struct.pack("<f", BLOCK_FORMATS["int8"].exp_avg.magnitudes[1] / 2))[0]
     assert f"#define m8_HALF_SMALLEST_BITS {half:#010x}" in header
+
+
+def test_maps_and_formats_hash_as_their_fields():
+    # Their hashes are computed once (a format is a dict key at every step): equal values must
+    # still hash alike, and a change of any field must make them unequal.
+    for fmt in BLOCK_FORMATS.values():
+        copy = dataclasses.replace(fmt, exp_avg=dataclasses.replace(fmt.exp_avg))
+        assert copy is not fmt and copy == fmt and hash(copy) == hash(fmt)
+        assert {fmt: 1}[copy] == 1
+        other = dataclasses.replace(fmt, exp_avg_sq=fmt.exp_avg)
+        assert other != fmt
+    int8, int4 = BLOCK_FORMATS["int8"], BLOCK_FORMATS["int4"]
+    assert int8 != int4 and hash(int8.exp_avg) != hash(int4.exp_avg)
+    renamed = dataclasses.replace(int8.exp_avg, name="renamed")
+    assert renamed != int8.exp_avg and hash(renamed) != hash(int8.exp_avg)
