@@ -111,8 +111,9 @@ static inline __m512i avx_indices(int64_t e) {
    (Always inlined: gcc takes a function that only prefetches for one without side effects, and
    drops its calls.) */
 static inline __attribute__((always_inline)) void avx_prefetch(const void *stream, int64_t e, const int BYTES16) {
-    if ((e * BYTES16 / 16) % 64 < BYTES16)
-        _mm_prefetch((const char *)stream + (e + PREFETCH_AHEAD) * BYTES16 / 16, _MM_HINT_T0);
+    const uint64_t at = (uint64_t)e * BYTES16 / 16; /* (unsigned: shifts and masks, no signed division) */
+    if (at % 64 < (uint64_t)BYTES16)
+        _mm_prefetch((const char *)stream + at + (uint64_t)PREFETCH_AHEAD * BYTES16 / 16, _MM_HINT_T0);
 }
 
 /* encode_nearest_m8/m4 of y, in 32-bit lanes. */
