@@ -2,7 +2,8 @@
    and encode_moments compute (the same correctly rounded float32 operations in the same order;
    tests/quantization/test_kernels.py holds both to the reference bit for bit, the generic loops
    through a build for AVX2), for every full block of every format and θ. The block formats take
-   about a quarter fewer instructions than gcc makes of the generic loops: the byte codes are
+   a sixth fewer vector instructions than gcc makes of the generic loops (int8 AMSGrad: 84 per 16
+   elements against 100) and a fifth less time: the byte codes are
    widened to 32-bit lanes in one instruction (gcc goes through 16-bit ones, and spills), the
    4-bit codes are decoded by a 16-entry table lookup (vpermps), the maximum's NaN rule is vmaxps
    and one fix-up, and the encoders' clamps and selects are folded into masked instructions.
