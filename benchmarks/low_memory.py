@@ -11,7 +11,10 @@ installed (``pip install '.[bench]'``) and run on this machine; they have no wor
 
 ``python -m benchmarks low_memory --help`` for options; ``--cycles`` also reports nanoseconds
 (and, at the given clock, cycles) per element of our kernels on one thread with the tensor in
-cache, a number that depends much less on other jobs on the machine than the times do.
+cache, a number that depends much less on other jobs on the machine than the times do. The
+memory bandwidth of an in-place add over the same size, measured before and after the rounds,
+says which bandwidth phase a shared machine was in: the ratios depend on it, since torch's step
+moves 36 bytes per parameter and the compressed ones 18 to 24.
 """
 
 from __future__ import annotations
@@ -145,6 +148,20 @@ def cycles_per_element(size: int, ghz: float) -> list[tuple[str, float]]:
     return out
 
 
+def memory_bandwidth(size: int, repeats: int = 7) -> float:
+    """GB/s of an in-place ``x += y`` over ``size`` float32 (12 bytes per element moved: the steps'
+    pattern of streams read and written in place), median of ``repeats``: which bandwidth phase a
+    shared machine is in, so that runs can be compared."""
+    x, y = torch.ones(size), torch.ones(size)
+    x.add_(y)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.add_(y)
+        times.append(time.perf_counter() - start)
+    return 12 * size / statistics.median(times) / 1e9
+
+
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -172,7 +189,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     print(_machine())
     print(f"1 x {args.size:,} parameters, {args.rounds} interleaved rounds, median (min) ms per step\n")
+    before = memory_bandwidth(args.size)
     rows = measure(args.size, args.rounds, args.only)
+    after = memory_bandwidth(args.size)
     print(f"{'optimizer':40s} {'ms/step':>16s} {'ratio':>6s}  {'state B/param':>13s}")
     for row in rows:
         if row.get("missing"):
@@ -181,6 +200,8 @@ def main(argv: list[str]) -> int:
         cell = f"{row['median_ms']:.2f} ({row['min_ms']:.2f})"
         print(f"{row['name']:40s} {cell:>16s} {row['ratio']:6.2f}  {row['bytes_per_parameter']:13.2f}")
     print("\nratio: to torch fused AMSGrad float32 (bf16 rows: to torch fused AMSGrad on bfloat16 parameters)")
+    print(f"memory bandwidth (x += y over {args.size:,} float32, 12 bytes per element): {before:.0f} GB/s before "
+          f"the rounds, {after:.0f} GB/s after")
     if args.cycles:
         print(f"\none thread, {args.cycles_size:,} elements (in cache), best of 200 steps:")
         for name, ns in cycles_per_element(args.cycles_size, args.ghz):

@@ -481,3 +481,13 @@ def test_implementations_count_each_kind_of_a_mixed_group_and_appear_in_the_repr
     assert optimizer.implementations(compiled=True) == optimizer.implementations()  # on the CPU: the same
     optimizer.param_groups[0]["foreach"] = True
     assert optimizer.implementations(compiled=True) == [{kernels.MULTI_TENSOR: 10}, {kernels.READABLE: 2}]
+
+
+def test_the_low_memory_benchmark_runs_on_a_small_tensor(capsys):
+    # Keeps `make bench` from rotting; it asserts nothing about timings.
+    from benchmarks import low_memory
+
+    low_memory.main(["--size", "8192", "--rounds", "1", "--only", "torch fused AMSGrad", "ours AMSGrad int8"])
+    out = capsys.readouterr().out
+    assert "ours AMSGrad int8" in out and "3.05" in out
+    assert "memory bandwidth (x += y over 8,192 float32, 12 bytes per element):" in out
