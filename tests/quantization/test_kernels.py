@@ -143,9 +143,9 @@ NONFINITE_CONFIGS = [c for c in KERNEL_CONFIGS if c.name in ("amsgrad", "amsgrad
 @pytest.mark.parametrize("dtype, storage_name, stochastic", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("config", NONFINITE_CONFIGS, ids=repr)
 def test_nan_and_inf_gradients_give_the_reference_bits(config, dtype, storage_name, stochastic):
-    # A NaN of either sign, +inf and -inf in the gradients (nonfinite="propagate"): the codes and scales they
-    # leave are the reference's bit for bit whatever a NaN's sign bit (the encoders read |x|);
-    # float tensors (θ, float state) bit for bit apart from the bits of their NaNs.
+    # A NaN of either sign, +inf and -inf in the gradients (nonfinite="propagate"): the codes and
+    # scales they leave are the reference's bit for bit (v's and the maximum's encoders read |x|,
+    # m's keeps a NaN's sign, which both steps propagate alike); the rest as _assert_identical says.
     def poison(step, grads):
         if step == 1:
             grads[0][5], grads[0][9], grads[1][7] = float("nan"), -float("nan"), float("inf")
