@@ -147,14 +147,63 @@ static inline float avx_block_max(__m512i top) {
     return t > 0x7F800000 ? as_float(0x7FC00000u) : as_float((uint32_t)t);
 }
 
+/* A tensor's step constants, broadcast. Without coupled decay, (g sign)(1 - b1) is g (sign (1 - b1))
+   exactly (sign is ±1, and a NaN g stays g's NaN either way) and (g sign)^2 is g g: the sign goes
+   into the constant. */
+typedef struct { __m512 sign, wd, factor, b1, b2, omb1, omb2, eps, c2, sc2, neg_ss; } avx_scalars_t;
+
+static inline avx_scalars_t avx_scalars(const int DECAY, const block_scalars_t *k) {
+    avx_scalars_t c;
+    c.sign = _mm512_set1_ps(k->sign); c.wd = _mm512_set1_ps(k->wd); c.factor = _mm512_set1_ps(k->factor);
+    c.b1 = _mm512_set1_ps(k->b1); c.b2 = _mm512_set1_ps(k->b2);
+    c.omb1 = _mm512_set1_ps(DECAY == 1 ? k->omb1 : k->omb1 * k->sign);
+    c.omb2 = _mm512_set1_ps(k->omb2); c.eps = _mm512_set1_ps(k->eps); c.c2 = _mm512_set1_ps(k->c2);
+    c.sc2 = _mm512_set1_ps(k->sc2); c.neg_ss = _mm512_set1_ps(k->neg_ss);
+    return c;
+}
+
+/* Prefetches of elements [e, e + 16) of θ, g and the moments; STATE16: bytes per 16 elements of a moment. */
+static inline __attribute__((always_inline)) void avx_prefetch_streams(
+        const int THETA, const int MAXMODE, const int STATE16, const void *p, const void *g, const moments_t *mo,
+        int64_t e) {
+    const int theta16 = THETA == THETA_F32 ? 64 : 32;
+    avx_prefetch(g, e, theta16);
+    avx_prefetch(p, e, theta16);
+    avx_prefetch(mo->m, e, STATE16);
+    avx_prefetch(mo->v, e, STATE16);
+    if (MAXMODE) avx_prefetch(mo->vm, e, STATE16);
+}
+
+/* The update of elements [e, e + 16), as step_block's: from the decoded m, v and stored maximum a,
+   the new m, v and maximum u (v under Adam); θ is written. */
+static inline __attribute__((always_inline)) void avx_update(
+        const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE, const avx_scalars_t *c,
+        void *restrict p, const void *restrict g, int64_t e, __m512 m, __m512 v, __m512 a, uint32_t key_param,
+        __m512 *mi, __m512 *vi, __m512 *ui) {
+    __m512 gi = avx_load_theta(THETA, g, e), pi = avx_load_theta(THETA, p, e);
+    if (DECAY == 2) pi = _mm512_mul_ps(pi, c->factor);
+    if (DECAY == 1) gi = _mm512_add_ps(_mm512_mul_ps(gi, c->sign), _mm512_mul_ps(pi, c->wd));
+    *mi = _mm512_add_ps(_mm512_mul_ps(m, c->b1), _mm512_mul_ps(gi, c->omb1));
+    *vi = _mm512_add_ps(_mm512_mul_ps(v, c->b2), _mm512_mul_ps(_mm512_mul_ps(gi, gi), c->omb2));
+    *ui = *vi;
+    if (MAXMODE) {
+        __m512 cand = MAXMODE == 2 ? _mm512_div_ps(*vi, c->c2) : *vi;
+        /* (a > cand || a != a) ? a : cand: vmaxps gives cand unless a > cand; a NaN a wins too */
+        *ui = _mm512_mask_mov_ps(_mm512_max_ps(a, cand), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
+    }
+    __m512 d = _mm512_sqrt_ps(*ui);
+    if (DIVIDE) d = _mm512_div_ps(d, c->sc2);
+    d = _mm512_add_ps(d, c->eps);
+    avx_store_theta(THETA, p, e, _mm512_add_ps(pi, _mm512_div_ps(_mm512_mul_ps(*mi, c->neg_ss), d)),
+                    THETA == THETA_BF16_SR ? avx_indices(e) : _mm512_setzero_si512(), key_param);
+}
+
 /* One full block: decode, update, store θ, encode (as step_block and encode_moments). */
 static inline __attribute__((always_inline)) void avx_step_block(
         const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE,
         void *restrict p, const void *restrict g, const moments_t *restrict mo, int64_t at,
         const tensor_work_t *restrict w) {
     const int EIGHT = STATE == STATE_INT8, block = EIGHT ? 256 : 128, lanes = block / 16;
-    const int theta16 = THETA == THETA_F32 ? 64 : 32, codes16 = EIGHT ? 16 : 8; /* bytes per 16 elements */
-    const block_scalars_t *k = &w->k;
     const int64_t b = at / block;
     const int64_t code_at = EIGHT ? at : at / 2;
     const uint8_t *cm = (const uint8_t *)mo->m + code_at, *cv = (const uint8_t *)mo->v + code_at;
@@ -167,44 +216,18 @@ static inline __attribute__((always_inline)) void avx_step_block(
     const __m512 table_v = _mm512_loadu_ps(v4_magnitudes);
     const __m512 sm = _mm512_set1_ps(mo->ms[b]), sv = _mm512_set1_ps(mo->vs[b]);
     const __m512 su = _mm512_set1_ps(MAXMODE ? mo->vms[b] : 0.0f);
-    const __m512 sign = _mm512_set1_ps(k->sign), wd = _mm512_set1_ps(k->wd), factor = _mm512_set1_ps(k->factor);
-    /* Without coupled decay, (g sign)(1 - b1) is g (sign (1 - b1)) exactly (sign is ±1, and a NaN
-       g stays g's NaN either way) and (g sign)^2 is g g: the sign goes into the constant. */
-    const __m512 b1 = _mm512_set1_ps(k->b1), b2 = _mm512_set1_ps(k->b2);
-    const __m512 omb1 = _mm512_set1_ps(DECAY == 1 ? k->omb1 : k->omb1 * k->sign);
-    const __m512 omb2 = _mm512_set1_ps(k->omb2), eps = _mm512_set1_ps(k->eps), c2 = _mm512_set1_ps(k->c2);
-    const __m512 sc2 = _mm512_set1_ps(k->sc2), neg_ss = _mm512_set1_ps(k->neg_ss);
+    const avx_scalars_t c = avx_scalars(DECAY, &w->k);
     __m512 bm[16], bv[16], bu[16], bf[16];
     __m512i top_m = _mm512_setzero_si512(), top_v = top_m, top_u = top_m;
     for (int j = 0; j < lanes; ++j) {
         const int64_t e = at + 16 * j;
-        /* The hardware prefetcher alone leaves memory idle while a block is encoded. */
-        avx_prefetch(g, e, theta16);
-        avx_prefetch(p, e, theta16);
-        avx_prefetch(mo->m, e, codes16);
-        avx_prefetch(mo->v, e, codes16);
-        if (MAXMODE) avx_prefetch(mo->vm, e, codes16);
-        __m512 gi = avx_load_theta(THETA, g, e), pi = avx_load_theta(THETA, p, e);
-        if (DECAY == 2) pi = _mm512_mul_ps(pi, factor);
-        if (DECAY == 1) gi = _mm512_add_ps(_mm512_mul_ps(gi, sign), _mm512_mul_ps(pi, wd));
-        __m512 mi = _mm512_add_ps(_mm512_mul_ps(avx_decode_m(EIGHT, avx_codes(EIGHT, cm, j), sm, table_m), b1),
-                                  _mm512_mul_ps(gi, omb1));
-        __m512 vi = _mm512_add_ps(_mm512_mul_ps(avx_decode_v(EIGHT, avx_codes(EIGHT, cv, j), sv, table_v), b2),
-                                  _mm512_mul_ps(_mm512_mul_ps(gi, gi), omb2));
-        __m512 ui = vi;
-        if (MAXMODE) {
-            __m512 c = MAXMODE == 2 ? _mm512_div_ps(vi, c2) : vi;
-            __m512 ai = avx_decode_v(EIGHT, avx_codes(EIGHT, cu, j), su, table_v);
-            /* (ai > c || ai != ai) ? ai : c: vmaxps gives c unless ai > c; a NaN ai wins too */
-            ui = _mm512_mask_mov_ps(_mm512_max_ps(ai, c), _mm512_cmp_ps_mask(ai, ai, _CMP_UNORD_Q), ai);
-            bf[j] = ai;
-        }
-        __m512 d = _mm512_sqrt_ps(ui);
-        if (DIVIDE) d = _mm512_div_ps(d, sc2);
-        d = _mm512_add_ps(d, eps);
-        avx_store_theta(THETA, p, e, _mm512_add_ps(pi, _mm512_div_ps(_mm512_mul_ps(mi, neg_ss), d)),
-                        THETA == THETA_BF16_SR ? avx_indices(e) : _mm512_setzero_si512(), w->key_param);
-        bm[j] = mi; bv[j] = vi; bu[j] = ui;
+        /* (the hardware prefetcher alone leaves memory idle while a block is encoded) */
+        avx_prefetch_streams(THETA, MAXMODE, EIGHT ? 16 : 8, p, g, mo, e);
+        __m512 ai = MAXMODE ? avx_decode_v(EIGHT, avx_codes(EIGHT, cu, j), su, table_v) : _mm512_setzero_ps();
+        __m512 mi, vi, ui;
+        avx_update(THETA, DECAY, MAXMODE, DIVIDE, &c, p, g, e, avx_decode_m(EIGHT, avx_codes(EIGHT, cm, j), sm, table_m),
+                   avx_decode_v(EIGHT, avx_codes(EIGHT, cv, j), sv, table_v), ai, w->key_param, &mi, &vi, &ui);
+        bm[j] = mi; bv[j] = vi; bu[j] = ui; bf[j] = ai;
         top_m = _mm512_max_epi32(top_m, avx_abs_bits(mi));
         top_v = _mm512_max_epi32(top_v, avx_abs_bits(vi));
         if (MAXMODE) top_u = _mm512_max_epi32(top_u, avx_abs_bits(ui));
@@ -253,38 +276,15 @@ static inline __attribute__((always_inline)) void avx_step_elements(
         const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE, const int LEN,
         void *restrict p, const void *restrict g, const moments_t *restrict mo, int64_t at,
         const tensor_work_t *restrict w) {
-    const block_scalars_t *k = &w->k;
-    const int theta16 = THETA == THETA_F32 ? 64 : 32, state16 = STATE == STATE_F32 ? 64 : 32;
-    const __m512 sign = _mm512_set1_ps(k->sign), wd = _mm512_set1_ps(k->wd), factor = _mm512_set1_ps(k->factor);
-    const __m512 b1 = _mm512_set1_ps(k->b1), b2 = _mm512_set1_ps(k->b2);
-    const __m512 omb1 = _mm512_set1_ps(DECAY == 1 ? k->omb1 : k->omb1 * k->sign); /* (as in avx_step_block) */
-    const __m512 omb2 = _mm512_set1_ps(k->omb2), eps = _mm512_set1_ps(k->eps), c2 = _mm512_set1_ps(k->c2);
-    const __m512 sc2 = _mm512_set1_ps(k->sc2), neg_ss = _mm512_set1_ps(k->neg_ss);
+    const avx_scalars_t c = avx_scalars(DECAY, &w->k);
     for (int i = 0; i < LEN; i += 16) {
         const int64_t e = at + i;
-        avx_prefetch(g, e, theta16);
-        avx_prefetch(p, e, theta16);
-        avx_prefetch(mo->m, e, state16);
-        avx_prefetch(mo->v, e, state16);
-        if (MAXMODE) avx_prefetch(mo->vm, e, state16);
-        __m512 gi = avx_load_theta(THETA, g, e), pi = avx_load_theta(THETA, p, e);
-        if (DECAY == 2) pi = _mm512_mul_ps(pi, factor);
-        if (DECAY == 1) gi = _mm512_add_ps(_mm512_mul_ps(gi, sign), _mm512_mul_ps(pi, wd));
-        __m512 mi = _mm512_add_ps(_mm512_mul_ps(avx_load_moment(STATE, mo->m, e), b1), _mm512_mul_ps(gi, omb1));
-        __m512 vi = _mm512_add_ps(_mm512_mul_ps(avx_load_moment(STATE, mo->v, e), b2),
-                                  _mm512_mul_ps(_mm512_mul_ps(gi, gi), omb2));
-        __m512 ui = vi;
-        if (MAXMODE) {
-            __m512 c = MAXMODE == 2 ? _mm512_div_ps(vi, c2) : vi;
-            __m512 ai = avx_load_moment(STATE, mo->vm, e);
-            ui = _mm512_mask_mov_ps(_mm512_max_ps(ai, c), _mm512_cmp_ps_mask(ai, ai, _CMP_UNORD_Q), ai);
-        }
-        __m512 d = _mm512_sqrt_ps(ui);
-        if (DIVIDE) d = _mm512_div_ps(d, sc2);
-        d = _mm512_add_ps(d, eps);
+        avx_prefetch_streams(THETA, MAXMODE, STATE == STATE_F32 ? 64 : 32, p, g, mo, e);
+        __m512 mi, vi, ui;
+        avx_update(THETA, DECAY, MAXMODE, DIVIDE, &c, p, g, e, avx_load_moment(STATE, mo->m, e),
+                   avx_load_moment(STATE, mo->v, e), MAXMODE ? avx_load_moment(STATE, mo->vm, e) : _mm512_setzero_ps(),
+                   w->key_param, &mi, &vi, &ui);
         const __m512i index = avx_indices(e);
-        avx_store_theta(THETA, p, e, _mm512_add_ps(pi, _mm512_div_ps(_mm512_mul_ps(mi, neg_ss), d)), index,
-                        w->key_param);
         avx_store_moment(STATE, 0, mo->m, e, mi, index, w->key_m);
         avx_store_moment(STATE, 1, mo->v, e, vi, index, w->key_v);
         if (MAXMODE) avx_store_moment(STATE, 2, mo->vm, e, ui, index, 0);
