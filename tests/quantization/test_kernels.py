@@ -209,10 +209,13 @@ def test_the_result_does_not_depend_on_the_thread_count():
                     or not {"avx2", "fma"} <= set(native._cpu_signature().split()),
                     reason="needs an x86 CPU with AVX2 and FMA")
 @pytest.mark.skipif("AMSGRAD_NATIVE_FLAGS" in os.environ, reason="the build under test is already chosen by flags")
-def test_the_avx2_build_is_the_reference_bit_for_bit():
-    # The build a machine without AVX-512 gets: its own vector code (8 lanes, other selects), held
-    # to the same reference. Every test of this module, in a process whose kernel is built so.
-    env = dict(os.environ, AMSGRAD_NATIVE_FLAGS="-mavx2 -mfma -fopenmp")
+@pytest.mark.parametrize("flags", ["-mavx2 -mfma -fopenmp", "-march=native -fopenmp -DAMSGRAD_PLAIN_LOOPS"],
+                         ids=["avx2", "plain-loops"])
+def test_the_other_builds_are_the_reference_bit_for_bit(flags):
+    # The build a machine without AVX-512 gets (its own intrinsics, 8 lanes, blends for masks), and
+    # the plain C loops every block takes where neither vector step is built (elsewhere only the
+    # partial blocks do): every test of this module, in a process whose kernel is built so.
+    env = dict(os.environ, AMSGRAD_NATIVE_FLAGS=flags)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

@@ -321,16 +321,21 @@ static inline __attribute__((always_inline)) void step_block(
     }
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__) \
-    && !v8_SQRT_LINEAR && !v4_SQRT_LINEAR
-#define HAVE_AVX512_BLOCKS 1
+/* The vector steps of full blocks: AVX-512 or AVX2 intrinsics (AMSGRAD_PLAIN_LOOPS, a compiler
+   flag, keeps the plain loops below for every block, as a build for neither gets). */
+#if !defined(AMSGRAD_PLAIN_LOOPS) && !v8_SQRT_LINEAR && !v4_SQRT_LINEAR && defined(__AVX512F__) \
+    && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define HAVE_VECTOR_STEPS 1
 #include "steps_avx512.h"
+#elif !defined(AMSGRAD_PLAIN_LOOPS) && !v8_SQRT_LINEAR && !v4_SQRT_LINEAR && defined(__AVX2__)
+#define HAVE_VECTOR_STEPS 1
+#include "steps_avx2.h"
 #else
-#define HAVE_AVX512_BLOCKS 0
+#define HAVE_VECTOR_STEPS 0
 #endif
 
 /* The chunk [start, start + len) of one tensor: every block through step_block and, for the block
-   formats, encode_moments (on AVX-512, every full block through avx_step_block or
+   formats, encode_moments (with AVX-512 or AVX2, every full block through avx_step_block or
    avx_step_elements instead). */
 static inline __attribute__((always_inline)) void run_chunk_of(
         const int STATE, const int THETA, const int DECAY, const int MAXMODE, const int DIVIDE,
@@ -340,7 +345,7 @@ static inline __attribute__((always_inline)) void run_chunk_of(
     int64_t at = start, end = start + len;
     while (at < end) {
         int n = end - at < block ? (int)(end - at) : block;
-#if HAVE_AVX512_BLOCKS
+#if HAVE_VECTOR_STEPS
         if (n == block) { /* every format and θ */
             if (blocked) avx_step_block(STATE, THETA, DECAY, MAXMODE, DIVIDE, p, g, mo, at, w);
             else avx_step_elements(STATE, THETA, DECAY, MAXMODE, DIVIDE, block, p, g, mo, at, w);
