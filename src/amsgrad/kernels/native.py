@@ -10,7 +10,9 @@ the system's C compiler (``cc``, or ``$CC``); the result is cached on disk, keye
 the flags, the compiler and the CPU. Without a compiler, or with ``AMSGRAD_NATIVE=0`` in the
 environment, :func:`library` returns ``None`` and the optimizers use the torch-only paths
 instead; nothing else changes. ``AMSGRAD_NATIVE_FLAGS`` replaces the target flags that are
-otherwise tried in turn (``-march=native ... -fopenmp``), e.g. ``"-mavx2 -mfma -fopenmp"``.
+otherwise tried in turn (``-march=native ... -fopenmp``), e.g. ``"-mavx2 -mfma -fopenmp"``
+(the compressed kernel's AVX2 steps) or ``"-march=native -fopenmp -DAMSGRAD_PLAIN_LOOPS"`` (its
+plain C loops for every block, instead of the AVX-512 or AVX2 steps of ``csrc/steps_*.h``).
 
 The float32/float64 code follows :meth:`amsgrad.Adam.step_param` operation by operation: the
 same order, the same scalars cast to the tensor's dtype, and a fused multiply-add exactly where

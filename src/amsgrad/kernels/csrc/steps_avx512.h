@@ -1,7 +1,7 @@
 /* The compressed step in AVX-512 intrinsics, 16 elements per instruction: exactly what step_block
    and encode_moments compute (the same correctly rounded float32 operations in the same order;
    tests/quantization/test_kernels.py holds both to the reference bit for bit, the generic loops
-   through a build for AVX2), for every full block of every format and θ. The block formats take
+   through a build with AMSGRAD_PLAIN_LOOPS), for every full block of every format and θ. The block formats take
    a sixth fewer vector instructions than gcc makes of the generic loops (int8 AMSGrad: 84 per 16
    elements against 100) and a fifth less time: the byte codes are
    widened to 32-bit lanes in one instruction (gcc goes through 16-bit ones, and spills), the
