@@ -49,7 +49,7 @@ MAX_NONE, MAX_RAW, MAX_CORRECTED = 0, 1, 2
 #: The C sources, package data beside this module (``csrc/``); ``codes_generated.h`` is written at build time.
 SOURCE_DIR = "csrc"
 SOURCES = ("adam_step.c", "compressed_step.c")
-HEADERS = ("step_common.h", "steps_avx512.h", "steps_avx2.h")
+HEADERS = ("step_common.h", "steps_avx512.h", "steps_avx2.h", "steps_vector.h")
 GENERATED_HEADER = "codes_generated.h"
 
 # Storage kinds of the compressed kernel, as compressed_step.c numbers them.

@@ -19,7 +19,7 @@
 enum { STATE_F32 = 0, STATE_BF16_NEAREST = 1, STATE_BF16 = 2, STATE_INT8 = 3, STATE_INT4 = 4 };
 enum { PARAM_F32 = 0, PARAM_BF16 = 1 };
 enum { ROLE_PARAM = 0, ROLE_EXP_AVG = 1, ROLE_EXP_AVG_SQ = 2 };
-enum { BLOCK_MAX = 256, LANES = 16 };
+enum { BLOCK_MAX = 256 };
 
 typedef struct {
     int32_t param_kind, state_kind, stochastic_param;
