@@ -157,9 +157,9 @@ def conform_state(state: dict[str, Any], storage: Storage, param: torch.Tensor) 
     maximum up; float formats decode. Values are never shared with the state they came from.
     """
     for key in MOMENTS:
-        current = state_layout(state, key, param.numel())
-        if current is None or _same(current, storage):
+        if _in_storage(state, key, storage, param.numel()):
             continue
+        current = state_layout(state, key, param.numel())
         value = decode(state, key, current, param)
         for name in (key, f"{key}_codes", f"{key}_scales"):
             state.pop(name, None)
@@ -174,23 +174,27 @@ def conform_state(state: dict[str, Any], storage: Storage, param: torch.Tensor) 
 
 def is_conformed(state: dict[str, Any], storage: Storage, param: torch.Tensor) -> bool:
     """Whether every moment present in ``state`` is in ``storage`` already (:func:`conform_state` would
-    leave it as it is). As ``_same(state_layout(...), storage)`` for each moment, without making a
-    Storage per moment: it runs for every tensor at every step."""
+    leave it as it is)."""
     numel = param.numel()
-    block = storage.kind == "block"
-    for key, codes_key in _CODES_KEYS:
-        codes = state.get(codes_key)
-        if codes is not None:
-            if not block or _block_format_of(codes, key, numel) != storage.block_format:
-                return False
-            continue
-        value = state.get(key)
-        if value is not None and (block or value.dtype != storage.dtype):
+    for key in MOMENTS:
+        if not _in_storage(state, key, storage, numel):
             return False
     return True
 
 
-_CODES_KEYS = tuple((key, f"{key}_codes") for key in MOMENTS)
+_CODES_KEY = {key: f"{key}_codes" for key in MOMENTS}
+
+
+def _in_storage(state: dict[str, Any], key: str, storage: Storage, numel: int) -> bool:
+    """Whether moment ``key`` of ``state`` is absent or in ``storage`` already. Block formats are the
+    same when their formats are; float ones (bfloat16 included, whether written to nearest or
+    stochastically) when their dtypes are. It runs for every tensor at every step, so it reads the
+    state's layout without making a :class:`Storage` of it."""
+    codes = state.get(_CODES_KEY[key])
+    if codes is not None:
+        return storage.kind == "block" and _block_format_of(codes, key, numel) == storage.block_format
+    value = state.get(key)
+    return value is None or (storage.kind != "block" and value.dtype == storage.dtype)
 
 
 def _block_format_of(codes: torch.Tensor, key: str, numel: int) -> BlockFormat:
@@ -203,12 +207,6 @@ def _block_format_of(codes: torch.Tensor, key: str, numel: int) -> BlockFormat:
 def has_moment(state: dict[str, Any], key: str) -> bool:
     """Whether ``state`` holds moment ``key``, as a float tensor or as codes."""
     return key in state or f"{key}_codes" in state
-
-
-def _same(a: Storage, b: Storage) -> bool:
-    if a.kind == "block" or b.kind == "block":
-        return a.kind == b.kind and a.block_format == b.block_format
-    return a.dtype == b.dtype  # bfloat16 tensors are the same whether written to nearest or stochastically
 
 
 def float_moments(state: dict[str, Any], param: torch.Tensor, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
